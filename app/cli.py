@@ -60,6 +60,15 @@ def _encoder_import_e5(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from training.config import TrainConfig
+    from training.train import train
+
+    config = TrainConfig.load(args.config, [f"task={args.task}", *args.set])
+    train(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="renersans", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep only the vocabulary this brat corpus needs (plus characters and specials)",
     )
     p.set_defaults(func=_encoder_import_e5)
+
+    p = sub.add_parser("train", help="fine-tune the NER or relation tagger (training install)")
+    p.add_argument("task", choices=["ner", "re"])
+    p.add_argument("--config", type=Path, help="a TOML file of settings (see training/configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    p.set_defaults(func=_train)
     return parser
 
 

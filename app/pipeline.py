@@ -1,0 +1,169 @@
+"""The two-stage pipeline: text -> sentences -> entities -> one marked copy per entity -> relations.
+
+Numpy only. The encoder is a `Runner`: anything that maps a padded batch of piece ids to per-piece logits
+for each head. Training evaluates its torch models through this same code, and the service runs its ONNX
+sessions through it, so dev figures and served output come from one implementation.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.text.brat import Document, Entity
+from app.text.encode import decode_document
+from app.text.segment import Sentence, segment
+from app.text.subwords import Pieces, WordPieces, context_window, mark, windows
+from app.text.tags import WordRelation, WordSpan, align, decode_bio, decode_relations, merge_relations
+
+# (ids [batch, pieces], attention mask [batch, pieces]) -> {head name: logits [batch, pieces, labels]}
+Runner = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TaggerSpec:
+    """What the pipeline must know about one model besides its weights."""
+
+    labels: dict[str, tuple[str, ...]]  # head name -> label names, index = class id
+    max_pieces: int
+    typed_markers: bool = False
+    pad_id: int = 1
+
+
+@dataclass
+class Tagger:
+    run: Runner
+    pieces: WordPieces
+    spec: TaggerSpec
+
+
+def _batches(order: Sequence[int], sizes: Sequence[int], max_batch: int, max_tokens: int) -> list[list[int]]:
+    """Consecutive groups of `order` (sorted by length) with at most `max_batch` items and padded size
+    (items x longest) at most `max_tokens`."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < max_batch and (len(groups[-1]) + 1) * sizes[i] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def run_batched(
+    tagger: Tagger, inputs: Sequence[Pieces], head: str, batch_size: int = 32, max_tokens: int = 8192
+) -> list[np.ndarray]:
+    """Logits of `head` at each word's first piece, one array [words, labels] per input, batched by length."""
+    sizes = [len(p.ids) for p in inputs]
+    order = sorted(range(len(inputs)), key=lambda i: sizes[i])
+    out: list[np.ndarray] = [np.empty(0)] * len(inputs)
+    for group in _batches(order, sizes, batch_size, max_tokens):
+        width = max(sizes[i] for i in group)
+        ids = np.full((len(group), width), tagger.spec.pad_id, dtype=np.int64)
+        mask = np.zeros((len(group), width), dtype=np.int64)
+        for row, i in enumerate(group):
+            ids[row, : sizes[i]] = inputs[i].ids
+            mask[row, : sizes[i]] = 1
+        logits = tagger.run(ids, mask)[head]
+        for row, i in enumerate(group):
+            out[i] = logits[row, inputs[i].first]
+    return out
+
+
+@dataclass
+class Pipeline:
+    ner: Tagger | None = None
+    re: Tagger | None = None
+    batch_size: int = 32
+    # Pieces of context shared by consecutive windows of a sentence too long for the model.
+    overlap: int = 64
+
+    def entities(self, text: str, sentences: Sequence[Sentence] | None = None) -> list[list[WordSpan]]:
+        """Entity spans per sentence. Sentences longer than the model are cut into overlapping windows;
+        each word takes its label from the window where it has the most context on both sides."""
+        if sentences is None:
+            sentences = segment(text)
+        if self.ner is None:
+            raise ValueError("this pipeline has no entity model; use relations_for() with given entities")
+        tagger = self.ner
+        budget = tagger.spec.max_pieces - tagger.pieces.special
+        inputs: list[Pieces] = []
+        owners: list[tuple[int, int, int]] = []  # (sentence, window start, window end)
+        for si, s in enumerate(sentences):
+            words = [text[a:b] for a, b in s.words]
+            lengths = tagger.pieces.lengths(words)
+            for a, b in windows(lengths, budget, min(self.overlap, budget // 4)):
+                inputs.append(tagger.pieces.encode(words[a:b], tagger.spec.max_pieces))
+                owners.append((si, a, b))
+        logits = run_batched(tagger, inputs, "entity", self.batch_size)
+        labels = tagger.spec.labels["entity"]
+        best: list[list[tuple[int, int]]] = [[(-1, 0)] * len(s.words) for s in sentences]
+        for (si, a, b), lg in zip(owners, logits, strict=True):
+            pred = lg.argmax(-1)
+            for k in range(a, b):
+                margin = min(k - a, b - 1 - k)
+                if margin > best[si][k][0]:
+                    best[si][k] = (margin, int(pred[k - a]))
+        return [decode_bio([labels[c] for _, c in row]) for row in best]
+
+    def relations(
+        self, text: str, sentences: Sequence[Sentence], spans: Sequence[Sequence[WordSpan]]
+    ) -> list[list[WordRelation]]:
+        """Relations per sentence: one marked copy per entity, all copies of the document batched together."""
+        if self.re is None:
+            return [[] for _ in sentences]
+        tagger = self.re
+        budget = tagger.spec.max_pieces - tagger.pieces.special
+        inputs: list[Pieces] = []
+        owners: list[tuple[int, int, int, list[int]]] = []  # (sentence, marked span, window start, index)
+        for si, s in enumerate(sentences):
+            words = [text[a:b] for a, b in s.words]
+            for k, span in enumerate(spans[si]):
+                marked, index = mark(words, span, tagger.spec.typed_markers)
+                lengths = tagger.pieces.lengths(marked)
+                lo, hi = context_window(lengths, index[span.first] - 1, index[span.last] + 1, budget)
+                inputs.append(tagger.pieces.encode(marked[lo:hi], tagger.spec.max_pieces))
+                owners.append((si, k, lo, index))
+        logits = run_batched(tagger, inputs, "relation", self.batch_size)
+        labels = tagger.spec.labels["relation"]
+        found: list[list[WordRelation]] = [[] for _ in sentences]
+        for (si, k, lo, index), lg in zip(owners, logits, strict=True):
+            pred = lg.argmax(-1)
+            n = len(pred)
+            # Words outside the context window get no relation.
+            tags = [labels[int(pred[j - lo])] if 0 <= j - lo < n else "0" for j in index]
+            found[si].extend(decode_relations(k, tags, spans[si]))
+        return [merge_relations(f) for f in found]
+
+    def extract(self, name: str, text: str, relations: bool = True) -> Document:
+        """Entities and (optionally) relations of `text` as a brat document with offsets into `text`."""
+        sentences = segment(text)
+        spans = self.entities(text, sentences)
+        rels = self.relations(text, sentences, spans) if relations else [[] for _ in sentences]
+        return decode_document(name, text, sentences, spans, rels)
+
+    def relations_for(self, name: str, text: str, entities: Sequence[Entity]) -> Document:
+        """Track 2: relations between given entities. Sentences are joined around given entities that
+        razdel would split, and words cut at their boundaries, as for gold data."""
+        sentences = segment(
+            text,
+            keep_together=[(e.start, e.end) for e in entities],
+            cuts=[x for e in entities for x in (e.start, e.end)],
+        )
+        spans = _place(sentences, entities)
+        rels = self.relations(text, sentences, spans)
+        return decode_document(name, text, sentences, spans, rels)
+
+
+def _place(sentences: Sequence[Sentence], entities: Sequence[Entity]) -> list[list[WordSpan]]:
+    """Given entities on the words of their sentences (entities must not overlap; the caller checks)."""
+    starts = [s.start for s in sentences]
+    spans: list[list[WordSpan]] = [[] for _ in sentences]
+    for e in sorted(entities, key=lambda e: (e.start, e.end)):
+        si = bisect.bisect_right(starts, e.start) - 1
+        rng = align(sentences[si].words, e.start, e.end) if si >= 0 else None
+        if rng is not None:
+            spans[si].append(WordSpan(e.type, *rng))
+    return spans
