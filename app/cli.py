@@ -69,6 +69,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from training.export import VARIANTS, export_bundle, parity_sentences
+
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    sample = parity_sentences(args.ner, args.corpus)
+    bundle, timing = export_bundle(args.ner, args.re, args.bundle_dir, sample, variants)
+    print(f"bundle written to {bundle} in {timing['export_seconds']:.1f} s")
+    return 0
+
+
+def _bundle_check(args: argparse.Namespace) -> int:
+    from app.bundle import check_bundle
+
+    problems = check_bundle(args.dir)
+    for p in problems:
+        print(f"- {p}")
+    print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="renersans", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a TOML file of settings (see training/configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="checkpoints -> ONNX model bundle with its variants (training install)")
+    p.add_argument("ner", type=Path, metavar="CHECKPOINT", help="the NER checkpoint (runs/NAME/best)")
+    p.add_argument("bundle_dir", type=Path)
+    p.add_argument("--re", type=Path, metavar="CHECKPOINT", help="the relation checkpoint")
+    p.add_argument("--variants", help="comma-separated subset of fp32,optimized,int8,fp16 (default: all)")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path("../shared/rurebus"),
+        help="where to take real sentences for the parity check (the checkpoint's dev documents)",
+    )
+    p.set_defaults(func=_export)
+
+    bundle = sub.add_parser("bundle", help="model bundles").add_subparsers(dest="action", required=True)
+    p = bundle.add_parser("check", help="validate a bundle and say exactly what is wrong with it")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=_bundle_check)
     return parser
 
 

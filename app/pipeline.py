@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class Tagger:
     run: Runner
     pieces: WordPieces
     spec: TaggerSpec
+    providers: list[str] = field(default_factory=list)  # where it runs, for reports
 
 
 def _batches(order: Sequence[int], sizes: Sequence[int], max_batch: int, max_tokens: int) -> list[list[int]]:

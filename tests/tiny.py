@@ -62,3 +62,24 @@ def tiny_encoder(corpus: Path, out: Path) -> Path:
     )
     BertModel(config, add_pooling_layer=False).save_pretrained(out)
     return out
+
+
+def tiny_models(corpus_dir: Path, root: Path) -> tuple[Path, Path, Path]:
+    """A tiny corpus slice and tiny NER and relation checkpoints trained on it (typed markers). The NER
+    model trains long enough to predict entities, so comparisons of its output compare something."""
+    from app.cli import main
+
+    corpus = tiny_corpus(corpus_dir, root / "corpus")
+    encoder = tiny_encoder(corpus, root / "encoder")
+    runs = (("ner", ["epochs=8", "lr=5e-3"]), ("re", ["epochs=3", "lr=3e-3", "typed_markers=true"]))
+    for task, extra in runs:
+        settings = [
+            f"corpus={corpus}",
+            f"encoder={encoder}",
+            f"output={root / task}",
+            "batch_size=8",
+            "dev_fraction=0.25",
+            *extra,
+        ]
+        assert main(["train", task, *[a for s in settings for a in ("--set", s)]]) == 0
+    return corpus, root / "ner" / "best", root / "re" / "best"

@@ -1,0 +1,111 @@
+"""Export proves itself: ONNX equals torch, the variants load, and a broken bundle is named precisely."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.bundle import FORMAT_VERSION, check_bundle, choose, onnx_tagger, read_manifest
+from app.cli import main
+from app.metric import relation_keys
+from app.pipeline import Pipeline
+from app.text.brat import read_corpus
+from training.models import load_tagger, torch_tagger
+
+
+def test_bundle_is_complete_and_parity_holds(tiny_bundle: Path) -> None:
+    assert check_bundle(tiny_bundle) == []
+    assert main(["bundle", "check", str(tiny_bundle)]) == 0
+    manifest = read_manifest(tiny_bundle)
+    assert set(manifest["models"]) == {"ner", "re"}
+    for model in manifest["models"].values():
+        assert model["parity_max_abs_fp32"] <= 1e-4
+        assert set(model["variants"]) == {"fp32", "optimized", "int8", "fp16"}
+        assert model["training"]["data_sha256"]
+    assert manifest["models"]["re"]["marker_tokens"][0] == "<e:MET>"
+    assert manifest["default_variant"] == {"cpu": "int8", "cuda": "fp16"}
+
+
+def test_onnx_pipeline_decodes_as_torch_does(
+    tiny_checkpoints: tuple[Path, Path, Path], tiny_bundle: Path
+) -> None:
+    corpus, ner_dir, re_dir = tiny_checkpoints
+    ner, ner_tok, ner_info = load_tagger(ner_dir)
+    re, re_tok, re_info = load_tagger(re_dir)
+    torch_pipe = Pipeline(
+        ner=torch_tagger(ner, ner_tok, ner_info["max_pieces"]),
+        re=torch_tagger(re, re_tok, re_info["max_pieces"], typed_markers=True),
+    )
+    manifest = read_manifest(tiny_bundle)
+    onnx_pipe = Pipeline(
+        ner=onnx_tagger(tiny_bundle, manifest, "ner", choose(manifest, "ner", "fp32")),
+        re=onnx_tagger(tiny_bundle, manifest, "re", choose(manifest, "re", "fp32")),
+    )
+    total = 0
+    for doc in read_corpus(corpus):
+        a, b = torch_pipe.extract(doc.name, doc.text), onnx_pipe.extract(doc.name, doc.text)
+        assert [e.span for e in a.entities] == [e.span for e in b.entities]
+        assert relation_keys(a) == relation_keys(b)
+        # Track 2: the given entities come back unchanged, in reading order.
+        given = onnx_pipe.relations_for(doc.name, doc.text, doc.entities)
+        assert [e.span for e in given.entities] == sorted((e.span for e in doc.entities), key=lambda s: s[1:])
+        total += len(a.entities)
+    assert total > 0  # the tiny model does predict entities, so the comparison compared something
+
+
+def broken(bundle: Path, tmp_path: Path, damage) -> list[str]:
+    copy = tmp_path / "broken"
+    shutil.copytree(bundle, copy)
+    damage(copy)
+    return check_bundle(copy)
+
+
+def edit_manifest(change):
+    def damage(root: Path) -> None:
+        manifest = json.loads((root / "manifest.json").read_text())
+        change(manifest)
+        (root / "manifest.json").write_text(json.dumps(manifest))
+
+    return damage
+
+
+BREAKAGES = [
+    ("missing ONNX file", lambda r: (r / "ner" / "model.int8.onnx").unlink(), "model.int8.onnx: ONNX file"),
+    ("missing tokenizer", lambda r: (r / "re" / "tokenizer.json").unlink(), "tokenizer file missing"),
+    ("no manifest", lambda r: (r / "manifest.json").unlink(), "no manifest"),
+    (
+        "wrong format version",
+        edit_manifest(lambda m: m.update(format_version=FORMAT_VERSION + 1)),
+        f"version {FORMAT_VERSION + 1}",
+    ),
+    (
+        "label mismatch",
+        edit_manifest(lambda m: m["models"]["ner"]["labels"]["entity"].reverse()),
+        "labels of head 'entity'",
+    ),
+    (
+        "corrupt ONNX",
+        lambda r: (r / "ner" / "model.fp32.onnx").write_bytes(b"not a model"),
+        "model.fp32.onnx: checksum differs",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "damage", "message"), BREAKAGES, ids=[b[0] for b in BREAKAGES])
+def test_broken_bundles_are_named(tiny_bundle: Path, tmp_path: Path, name: str, damage, message: str) -> None:
+    problems = broken(tiny_bundle, tmp_path, damage)
+    assert any(message in p for p in problems), problems
+
+
+def test_corrupt_onnx_with_matching_checksum_is_caught(tiny_bundle: Path, tmp_path: Path) -> None:
+    def damage(root: Path) -> None:
+        (root / "re" / "model.fp16.onnx").write_bytes(b"\x08\x07garbage")
+        manifest = json.loads((root / "manifest.json").read_text())
+        manifest["models"]["re"]["variants"]["fp16"]["sha256"] = ""
+        (root / "manifest.json").write_text(json.dumps(manifest))
+
+    problems = broken(tiny_bundle, tmp_path, damage)
+    assert any("model.fp16.onnx: ONNX Runtime cannot load it" in p for p in problems), problems
