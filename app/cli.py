@@ -89,6 +89,37 @@ def _bundle_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    if args.bundle:
+        os.environ["RENERSANS_BUNDLE"] = str(args.bundle)
+    uvicorn.run(
+        "app.main:app_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        timeout_graceful_shutdown=args.grace,
+        timeout_keep_alive=5,
+        log_level="warning",
+    )
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from app.annotate import annotate_dir
+    from app.service import Extractor
+    from app.settings import Settings
+
+    settings = Settings(bundle=args.bundle) if args.bundle else Settings()
+    summary = annotate_dir(Extractor(settings), args.in_dir, args.out_dir, args.given_entities)
+    print(", ".join(f"{k}: {v:,}" for k, v in sorted(summary.items())) or "no .txt files found")
+    return 1 if summary["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="renersans", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = bundle.add_parser("check", help="validate a bundle and say exactly what is wrong with it")
     p.add_argument("dir", type=Path)
     p.set_defaults(func=_bundle_check)
+
+    p = sub.add_parser("serve", help="start the HTTP service (uvicorn)")
+    p.add_argument("--bundle", type=Path, help="model bundle (default: $RENERSANS_BUNDLE or models/default)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="processes; each loads its own copy of the models")
+    p.add_argument("--grace", type=int, default=30, help="seconds in-flight requests get on shutdown")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("annotate", help="brat .txt files in, .ann files out, on the service's pipeline")
+    p.add_argument("in_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--bundle", type=Path)
+    p.add_argument(
+        "--given-entities",
+        action="store_true",
+        help="read entities from the .ann beside each .txt and add only relations (track 2)",
+    )
+    p.set_defaults(func=_annotate)
     return parser
 
 

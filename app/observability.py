@@ -1,0 +1,204 @@
+"""Logs, metrics and the request-size guard: what an operator sees of the service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REGISTRY = CollectorRegistry()
+REQUESTS = Counter("renersans_requests", "HTTP requests", ["endpoint", "status"], registry=REGISTRY)
+LATENCY = Histogram(
+    "renersans_request_seconds",
+    "HTTP request latency",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+STAGE = Histogram(
+    "renersans_stage_seconds",
+    "time per pipeline stage",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+DOCUMENTS = Counter("renersans_documents", "documents processed", ["endpoint"], registry=REGISTRY)
+ENTITIES = Counter("renersans_entities", "entities returned", registry=REGISTRY)
+RELATIONS = Counter("renersans_relations", "relations returned", registry=REGISTRY)
+CHARACTERS = Counter("renersans_characters", "characters of text processed", registry=REGISTRY)
+MODEL_INFO = Info("renersans_model", "the loaded bundle, variants and execution providers", registry=REGISTRY)
+
+log = logging.getLogger("app.access")
+
+
+def record(endpoint: str, result: Any) -> None:
+    doc = result.document
+    DOCUMENTS.labels(endpoint).inc()
+    ENTITIES.inc(len(doc.entities))
+    RELATIONS.inc(len(doc.relations))
+    CHARACTERS.inc(len(doc.text))
+    for stage, ms in result.timings_ms.items():
+        STAGE.labels(stage).observe(ms / 1000)
+
+
+def exposition() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "method", "path", "status", "ms", "bytes", "text"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("app")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class BodyLimit:
+    """413 for bodies over `limit` bytes: refused from Content-Length before reading, and counted while
+    streaming when the length is not declared (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(send)
+            return
+        seen = 0
+        exceeded = False
+
+        async def counted() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    exceeded = True
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._too_large(send)
+        except Exception:
+            if not exceeded:
+                raise
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        body = json.dumps(
+            {
+                "error": "PayloadTooLarge",
+                "detail": f"the body is over {self.limit:,} bytes; split the document",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RequestLog:
+    """A request id for every request (X-Request-ID, generated when absent), one JSON access-log line, and
+    the request counters. No request text is logged unless configured."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        started = time.perf_counter()
+        status = 500
+        size = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        async def receiving() -> Message:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            return message
+
+        try:
+            await self.app(scope, receiving, send=sending)
+        finally:
+            path = scope.get("path", "")
+            endpoint = path if path in _ENDPOINTS else "other"
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(endpoint, str(status)).inc()
+            LATENCY.labels(endpoint).observe(elapsed)
+            extra = {
+                "request_id": request_id,
+                "method": scope.get("method"),
+                "path": path,
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+                "bytes": size,
+            }
+            log.info("request", extra=extra)
+
+
+_ENDPOINTS = {
+    "/extract",
+    "/extract/brat",
+    "/relations",
+    "/relations/brat",
+    "/brat/tagger",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/version",
+}

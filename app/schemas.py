@@ -1,0 +1,87 @@
+"""Request and response bodies at the HTTP boundary (pydantic v2, with examples for /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXAMPLE_TEXT = "Рост доходов населения в 2019 году обеспечен за счёт повышения заработной платы."
+
+
+class ExtractRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": EXAMPLE_TEXT}]})
+
+    text: str = Field(description="raw text; offsets in the answer are character offsets into it as sent")
+    relations: bool = Field(True, description="also extract relations (the slower second stage)")
+
+
+class EntityOut(BaseModel):
+    id: str = Field(examples=["T1"])
+    type: str = Field(examples=["CMP"])
+    start: int = Field(ge=0, description="first character, counted in Unicode code points")
+    end: int = Field(ge=0, description="one past the last character")
+    text: str = Field(description="exactly text[start:end]")
+
+
+class RelationOut(BaseModel):
+    id: str = Field(examples=["R1"])
+    type: str = Field(examples=["NPS"])
+    arg1: str = Field(examples=["T2"])
+    arg2: str = Field(examples=["T1"])
+
+
+class ModelInfo(BaseModel):
+    bundle: str
+    created: str | None = None
+    variants: dict[str, str]
+    providers: dict[str, str]
+    encoder: str | None = None
+    relations: bool
+    size_bytes: int
+
+
+class ExtractResponse(BaseModel):
+    entities: list[EntityOut]
+    relations: list[RelationOut]
+    model: ModelInfo
+    timings_ms: dict[str, float]
+
+
+class GivenEntity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^T\d+$", examples=["T1"])
+    type: str = Field(examples=["CMP"])
+    start: int
+    end: int
+
+
+class RelationsRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "Рост доходов населения",
+                    "entities": [
+                        {"id": "T1", "type": "CMP", "start": 0, "end": 4},
+                        {"id": "T2", "type": "MET", "start": 5, "end": 22},
+                    ],
+                }
+            ]
+        },
+    )
+
+    text: str
+    entities: list[GivenEntity]
+
+
+class RelationsResponse(BaseModel):
+    relations: list[RelationOut]
+    model: ModelInfo
+    timings_ms: dict[str, float]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="the error's kind")
+    detail: str = Field(description="what was wrong and what to send instead")
+    error_id: str | None = Field(None, description="quote this when reporting a server-side failure")

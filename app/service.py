@@ -1,0 +1,154 @@
+"""The service's engine: the bundle loaded into ONNX Runtime sessions, and the pipeline timed per stage."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.bundle import CUDA, bundle_size, check_bundle, choose, onnx_tagger, read_manifest
+from app.errors import BundleError, InvalidEntities
+from app.pipeline import Pipeline
+from app.settings import Settings
+from app.text.brat import Document, Entity, Relation
+from app.text.encode import decode_document
+from app.text.segment import segment
+from app.text.tags import ENTITY_TYPES
+
+log = logging.getLogger(__name__)
+
+WARMUP_TEXT = "Рост валового регионального продукта в 2019 году составил 3,5 % по сравнению с 2018 годом."
+
+
+@dataclass
+class Result:
+    document: Document
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Extractor:
+    """Loads a bundle (refusing a broken one with a message naming the file) and runs the pipeline."""
+
+    def __init__(self, settings: Settings) -> None:
+        root = Path(settings.bundle)
+        problems = check_bundle(root, load_sessions=False)
+        if problems:
+            raise BundleError(
+                f"model bundle {root} cannot be used:\n" + "\n".join(f"- {p}" for p in problems)
+            )
+        started = time.perf_counter()
+        self.manifest = read_manifest(root)
+        models = self.manifest["models"]
+        self.choices = {
+            name: choose(self.manifest, name, settings.variant, settings.device) for name in models
+        }
+        taggers = {
+            name: onnx_tagger(root, self.manifest, name, choice, settings.threads)
+            for name, choice in self.choices.items()
+        }
+        self.pipeline = Pipeline(ner=taggers["ner"], re=taggers.get("re"), batch_size=settings.batch_size)
+        self.providers = {name: t.providers for name, t in taggers.items()}
+        for name, choice in self.choices.items():
+            log.info(
+                "model %s: variant %s (%s) on %s",
+                name,
+                choice.variant,
+                choice.reason,
+                ", ".join(self.providers[name]),
+            )
+        self.load_seconds = time.perf_counter() - started
+        self.bundle = root
+        self.warmup_seconds = 0.0
+
+    @property
+    def on_cuda(self) -> bool:
+        return all(p and p[0] == CUDA for p in self.providers.values())
+
+    @property
+    def has_relations(self) -> bool:
+        return self.pipeline.re is not None
+
+    def warmup(self) -> None:
+        started = time.perf_counter()
+        self.extract(WARMUP_TEXT, relations=True)
+        self.warmup_seconds = time.perf_counter() - started
+
+    def info(self) -> dict:
+        return {
+            "bundle": self.bundle.name,
+            "created": self.manifest.get("created"),
+            "variants": {name: c.variant for name, c in self.choices.items()},
+            "providers": {name: p[0] if p else "" for name, p in self.providers.items()},
+            "encoder": self.manifest["models"]["ner"].get("encoder"),
+            "relations": self.has_relations,
+            "size_bytes": bundle_size(self.bundle),
+        }
+
+    def extract(self, text: str, relations: bool = True, name: str = "request") -> Result:
+        """Entities and relations of `text`, timed per stage (milliseconds)."""
+        timings = {}
+        t0 = time.perf_counter()
+        sentences = segment(text)
+        t1 = time.perf_counter()
+        spans = self.pipeline.entities(text, sentences) if sentences else []
+        t2 = time.perf_counter()
+        rels = (
+            self.pipeline.relations(text, sentences, spans)
+            if relations and self.has_relations
+            else [[] for _ in sentences]
+        )
+        t3 = time.perf_counter()
+        doc = decode_document(name, text, sentences, spans, rels)
+        t4 = time.perf_counter()
+        for stage, a, b in (
+            ("segmentation", t0, t1),
+            ("ner", t1, t2),
+            ("relations", t2, t3),
+            ("decoding", t3, t4),
+        ):
+            timings[stage] = round((b - a) * 1000, 3)
+        return Result(doc, timings)
+
+    def relations_for(self, text: str, entities: Sequence[Entity], name: str = "request") -> Result:
+        """Track 2: relations between given entities; the given ids are kept in the output."""
+        validate_entities(text, entities)
+        if not self.has_relations:
+            raise BundleError(f"bundle {self.bundle} has no relation model")
+        started = time.perf_counter()
+        decoded = self.pipeline.relations_for(name, text, entities)
+        # decode_document numbers entities in reading order; map them back to the ids the client sent.
+        by_span = {(e.start, e.end): e.id for e in entities}
+        new_id = {e.id: by_span[(e.start, e.end)] for e in decoded.entities}
+        rels = [
+            Relation(f"R{i}", r.type, new_id[r.arg1], new_id[r.arg2])
+            for i, r in enumerate(decoded.relations, start=1)
+        ]
+        doc = Document(name, text, list(entities), rels)
+        return Result(doc, {"relations": round((time.perf_counter() - started) * 1000, 3)})
+
+
+def validate_entities(text: str, entities: Sequence[Entity]) -> None:
+    """Given entities must lie inside the text, have a known type and not overlap (BIO cannot hold that)."""
+    ids = set()
+    for e in entities:
+        if e.id in ids:
+            raise InvalidEntities(f"entity {e.id}: the id is used twice")
+        ids.add(e.id)
+        if e.type not in ENTITY_TYPES:
+            raise InvalidEntities(f"entity {e.id}: unknown type {e.type!r}; known: {', '.join(ENTITY_TYPES)}")
+        if not 0 <= e.start < e.end <= len(text):
+            raise InvalidEntities(
+                f"entity {e.id}: offsets {e.start}-{e.end} are not a non-empty span of the "
+                f"{len(text)}-character text"
+            )
+        if e.discontinuous:
+            raise InvalidEntities(f"entity {e.id}: discontinuous entities are not supported")
+    ordered = sorted(entities, key=lambda e: (e.start, e.end))
+    for a, b in itertools.pairwise(ordered):
+        if b.start < a.end:
+            raise InvalidEntities(
+                f"entities {a.id} and {b.id} overlap; relations need non-overlapping entities"
+            )

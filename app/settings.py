@@ -1,0 +1,31 @@
+"""Service configuration: environment variables `RENERSANS_*` (or a `.env` file), validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.bundle import default_bundle
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RENERSANS_", env_file=".env", extra="ignore")
+
+    bundle: Path = Field(default_factory=default_bundle, description="model bundle directory")
+    variant: str = Field("auto", description="bundle variant (fp32, optimized, int8, fp16) or auto")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    require_gpu: bool = Field(False, description="not ready unless the models really run on CUDA")
+    wait_for_bundle: bool = Field(
+        False,
+        description="on a missing or broken bundle, serve /health with /ready false instead of exiting",
+    )
+    max_request_bytes: int = Field(2_000_000, gt=0, description="largest request body accepted (413 above)")
+    batch_size: int = Field(32, gt=0, description="sequences per encoder batch")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core)")
+    api_key: str = Field("", description="when set, requests need the header X-API-Key with this value")
+    cors_origins: list[str] = Field(default_factory=list)
+    log_level: str = "INFO"
+    log_text: bool = Field(False, description="include request text in logs (off: only sizes and counts)")
