@@ -44,7 +44,7 @@ def sha256(path: Path) -> str:
 def read_manifest(root: Path) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.is_file():
-        raise BundleError(f"{path}: no manifest; a bundle is made by `renersans export` (see models/README)")
+        raise BundleError(f"{path}: no manifest; a bundle is made by `renersans export` (README: Training)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -179,6 +179,11 @@ def bundle_size(root: Path) -> int:
 
 
 def default_bundle() -> Path:
-    return Path(
-        os.environ.get("RENERSANS_BUNDLE", Path(__file__).resolve().parents[1] / "models" / "default")
-    )
+    """$RENERSANS_BUNDLE, else `models/default` in the working directory (the repository root, where the
+    README's commands run), else the one beside this source tree (an editable install run elsewhere)."""
+    if "RENERSANS_BUNDLE" in os.environ:
+        return Path(os.environ["RENERSANS_BUNDLE"])
+    here = Path("models/default")
+    if (here / MANIFEST).is_file():
+        return here
+    return Path(__file__).resolve().parents[1] / "models" / "default"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.bundle import default_bundle
 
@@ -26,6 +26,21 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, gt=0, description="sequences per encoder batch")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core)")
     api_key: str = Field("", description="when set, requests need the header X-API-Key with this value")
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS (empty: none)"
+    )
     log_level: str = "INFO"
     log_text: bool = Field(False, description="include request text in logs (off: only sizes and counts)")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        # A comma-separated string, as environment variables are written; also a JSON list for compatibility.
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
