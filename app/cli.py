@@ -55,7 +55,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _encoder_import_e5(args: argparse.Namespace) -> int:
     from training.encoder import import_e5
 
-    report = import_e5(args.out_dir, prune_corpus=args.prune_vocab)
+    report = import_e5(
+        args.out_dir, prune_corpus=args.prune_vocab, dtype=args.dtype, all_chars=args.all_chars
+    )
     print(report.render())
     return 0
 
@@ -152,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="CORPUS_DIR",
         help="keep only the vocabulary this brat corpus needs (plus characters and specials)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="storage precision of model.safetensors (computation stays float32)",
+    )
+    p.add_argument(
+        "--all-chars",
+        action="store_true",
+        help="with --prune-vocab, keep every single-character piece of the vocabulary too",
     )
     p.set_defaults(func=_encoder_import_e5)
 
