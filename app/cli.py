@@ -122,6 +122,18 @@ def _annotate(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _bundle_measure(args: argparse.Namespace) -> int:
+    import json
+
+    from training.variants import measure, table
+
+    result = measure(args.dir, args.corpus, args.variants.split(",") if args.variants else None)
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="renersans", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = bundle.add_parser("check", help="validate a bundle and say exactly what is wrong with it")
     p.add_argument("dir", type=Path)
     p.set_defaults(func=_bundle_check)
+    p = bundle.add_parser(
+        "measure",
+        help="each variant's size, dev F1 on the three tracks and CPU speed vs fp32 (training install)",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument(
+        "--corpus", type=Path, default=Path("../shared/rurebus"), help="holds the bundle's dev documents"
+    )
+    p.add_argument("--variants", help="comma-separated subset (default: all in the bundle)")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.set_defaults(func=_bundle_measure)
 
     p = sub.add_parser("serve", help="start the HTTP service (uvicorn)")
     p.add_argument("--bundle", type=Path, help="model bundle (default: $RENERSANS_BUNDLE or models/default)")

@@ -1,0 +1,91 @@
+"""Measure a bundle's variants: size, dev F1 on all three tracks through the real ONNX Runtime pipeline, and
+CPU speed as a ratio to fp32 timed in the same run (interleaved rounds, medians)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from app.bundle import CPU, Choice, onnx_tagger, read_manifest
+from app.metric import evaluate
+from app.pipeline import Pipeline
+from app.text.brat import Document, read_corpus
+
+
+def pipeline_for(bundle: Path, manifest: dict, variant: str, threads: int = 0) -> Pipeline:
+    choice = Choice(variant, [CPU], "measured")
+    taggers = {name: onnx_tagger(bundle, manifest, name, choice, threads) for name in manifest["models"]}
+    return Pipeline(ner=taggers["ner"], re=taggers.get("re"))
+
+
+def dev_scores(pipe: Pipeline, gold: Sequence[Document], label: str) -> dict[str, float]:
+    """NER, relations given gold entities, end-to-end: micro F1 (official metric) on `gold`."""
+    ner, re_gold, e2e = {}, {}, {}
+    for d in tqdm(gold, desc=f"dev {label}", unit="doc", leave=False):
+        predicted = pipe.extract(d.name, d.text, relations=pipe.re is not None)
+        ner[d.name] = e2e[d.name] = predicted
+        if pipe.re is not None:
+            re_gold[d.name] = pipe.relations_for(d.name, d.text, d.entities)
+    scores = {"ner": evaluate(gold, ner, "ner").micro.f1}
+    if pipe.re is not None:
+        scores["re_gold"] = evaluate(gold, re_gold, "re").micro.f1
+        scores["end_to_end"] = evaluate(gold, e2e, "re").micro.f1
+    return scores
+
+
+def speed(pipes: dict[str, Pipeline], docs: Sequence[Document], rounds: int = 3) -> dict[str, float]:
+    """Median seconds per pass over `docs` for each variant, variants interleaved within each round so
+    that load from elsewhere on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {v: [] for v in pipes}
+    for pipe in pipes.values():  # warm-up
+        pipe.extract("warm", docs[0].text)
+    for _ in range(rounds):
+        for name, pipe in pipes.items():
+            started = time.perf_counter()
+            for d in docs:
+                pipe.extract(d.name, d.text)
+            times[name].append(time.perf_counter() - started)
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def measure(bundle: Path, corpus: Path, variants: Sequence[str] | None = None, speed_docs: int = 3) -> dict:
+    manifest = read_manifest(bundle)
+    dev_names = set(manifest["models"]["ner"].get("dev_documents", []))
+    docs = read_corpus(corpus)
+    gold = [d for d in docs if d.name in dev_names]
+    if not gold:
+        raise SystemExit(f"none of the bundle's dev documents are under {corpus}")
+    variants = list(variants or manifest["models"]["ner"]["variants"])
+    pipes = {v: pipeline_for(bundle, manifest, v) for v in variants}
+    result: dict = {"dev_documents": len(gold), "variants": {}}
+    for v in variants:
+        size = sum(m["variants"][v]["bytes"] for m in manifest["models"].values())
+        result["variants"][v] = {"bytes": size, "dev": dev_scores(pipes[v], gold, v)}
+    # Speed on a few dev documents, the shortest first so the run stays bounded.
+    sample = sorted(gold, key=lambda d: len(d.text))[:speed_docs]
+    seconds = speed(pipes, sample)
+    words = sum(len(d.text.split()) for d in sample)
+    for v in variants:
+        result["variants"][v]["seconds"] = seconds[v]
+        result["variants"][v]["words_per_s"] = words / seconds[v]
+        result["variants"][v]["speed_vs_fp32"] = seconds["fp32"] / seconds[v] if "fp32" in seconds else None
+    return result
+
+
+def table(result: dict) -> str:
+    rows = [
+        "| variant | size (MB) | dev NER F1 | dev RE-gold F1 | dev end-to-end F1 | CPU words/s "
+        "| speed vs fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v, r in result["variants"].items():
+        d = r["dev"]
+        rows.append(
+            f"| {v} | {r['bytes'] / 1e6:.1f} | {d['ner']:.4f} | {d.get('re_gold', float('nan')):.4f} | "
+            f"{d.get('end_to_end', float('nan')):.4f} | {r['words_per_s']:.0f} | {r['speed_vs_fp32']:.2f}x |"
+        )
+    return "\n".join(rows)
