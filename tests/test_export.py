@@ -109,3 +109,19 @@ def test_corrupt_onnx_with_matching_checksum_is_caught(tiny_bundle: Path, tmp_pa
 
     problems = broken(tiny_bundle, tmp_path, damage)
     assert any("model.fp16.onnx: ONNX Runtime cannot load it" in p for p in problems), problems
+
+
+DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+@pytest.mark.skipif(
+    not (DEFAULT / "manifest.json").exists(), reason="models/default has not been exported yet"
+)
+def test_default_bundle_checks_and_fits_the_budget() -> None:
+    assert check_bundle(DEFAULT) == []
+    size = sum(p.stat().st_size for p in DEFAULT.rglob("*") if p.is_file())
+    assert size <= 150 * 1024 * 1024, f"models/default is {size / 2**20:.1f} MiB, over the 150 MiB budget"
+    manifest = read_manifest(DEFAULT)
+    assert set(manifest["models"]) == {"ner", "re"}
+    assert manifest["dev_metrics"], "the model card's dev figures belong in the manifest too"
+    assert (DEFAULT / "README.md").is_file()

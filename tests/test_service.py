@@ -352,3 +352,26 @@ def test_gpu_required_but_absent_is_not_ready(tiny_bundle: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+@pytest.mark.skipif(
+    not (DEFAULT / "manifest.json").exists(), reason="models/default has not been exported yet"
+)
+def test_default_bundle_serves_real_predictions(corpus_dir: Path) -> None:
+    """The README's first command serves models/default: real entities on a real corpus paragraph."""
+    doc = read_corpus(corpus_dir / "train_part_2")[0]
+    text = doc.text[:3000]
+    proc, url = start(DEFAULT)
+    try:
+        wait_ready(proc, url, timeout=120)
+        body = httpx.post(f"{url}/extract", json={"text": text}, timeout=120).json()
+        assert len(body["entities"]) >= 10
+        assert body["relations"]
+        for e in body["entities"]:
+            assert text[e["start"] : e["end"]] == e["text"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
