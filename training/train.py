@@ -8,6 +8,7 @@ continues where it stopped when started again with the same command.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import time
@@ -189,7 +190,7 @@ def train(config: TrainConfig) -> dict:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
-        "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
+        "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_name(),
     }
     (out / "config.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -273,6 +274,17 @@ def train(config: TrainConfig) -> dict:
     for name, report in final.items():
         print(f"\n{name}\n{report.table()}")
     return metrics
+
+
+def cpu_name() -> str:
+    """The CPU's model name and core count (platform.processor() is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU ({os.cpu_count()} cores)"
 
 
 def _done(state: dict, config: TrainConfig) -> bool:
