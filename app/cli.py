@@ -131,6 +131,11 @@ def _bundle_measure(args: argparse.Namespace) -> int:
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.record:
+        from training.card import record
+
+        record(args.dir, result)
+        print(f"dev figures recorded in {args.dir}/manifest.json and {args.dir}/README.md")
     return 0
 
 
@@ -213,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--variants", help="comma-separated subset (default: all in the bundle)")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--record", action="store_true", help="store the figures in the manifest and model card")
     p.set_defaults(func=_bundle_measure)
 
     p = sub.add_parser("serve", help="start the HTTP service (uvicorn)")

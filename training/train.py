@@ -155,13 +155,15 @@ def train(config: TrainConfig) -> dict:
         total_steps = min(total_steps, config.max_steps)
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    groups = [
-        {
-            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-            "weight_decay": config.weight_decay,
-        },
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
+    groups = []
+    for part, lr in ((model.encoder, config.lr), (model.heads, config.head_lr or config.lr)):
+        named = list(part.named_parameters())
+        decay = [p for n, p in named if not n.endswith(no_decay)]
+        rest = [p for n, p in named if n.endswith(no_decay)]
+        groups += [
+            {"params": decay, "weight_decay": config.weight_decay, "lr": lr},
+            {"params": rest, "weight_decay": 0.0, "lr": lr},
+        ]
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
     scheduler = transformers.get_linear_schedule_with_warmup(
         optimizer, int(config.warmup * total_steps), max(total_steps, 1)
