@@ -84,8 +84,9 @@ def table(result: dict) -> str:
     ]
     for v, r in result["variants"].items():
         d = r["dev"]
+        ratio = f"{r['speed_vs_fp32']:.2f}x" if r.get("speed_vs_fp32") else "not measured"
         rows.append(
             f"| {v} | {r['bytes'] / 1e6:.1f} | {d['ner']:.4f} | {d.get('re_gold', float('nan')):.4f} | "
-            f"{d.get('end_to_end', float('nan')):.4f} | {r['words_per_s']:.0f} | {r['speed_vs_fp32']:.2f}x |"
+            f"{d.get('end_to_end', float('nan')):.4f} | {r['words_per_s']:.0f} | {ratio} |"
         )
     return "\n".join(rows)
