@@ -13,6 +13,7 @@ from app.cli import main
 from app.metric import relation_keys
 from app.pipeline import Pipeline
 from app.text.brat import read_corpus
+from app.text.segment import segment
 from training.models import load_tagger, torch_tagger
 
 
@@ -125,3 +126,23 @@ def test_default_bundle_checks_and_fits_the_budget() -> None:
     assert set(manifest["models"]) == {"ner", "re"}
     assert manifest["dev_metrics"], "the model card's dev figures belong in the manifest too"
     assert (DEFAULT / "README.md").is_file()
+
+
+def test_sentences_longer_than_the_model_are_windowed(
+    tiny_checkpoints: tuple[Path, Path, Path], tiny_bundle: Path
+) -> None:
+    """A 'sentence' of several thousand pieces (a table flattened to one line) is tagged to its end."""
+    corpus = tiny_checkpoints[0]
+    words = " ".join(" ".join(d.text.split()) for d in read_corpus(corpus))
+    text = words.replace(".", " ").replace("!", " ").replace("?", " ")
+    manifest = read_manifest(tiny_bundle)
+    pipe = Pipeline(ner=onnx_tagger(tiny_bundle, manifest, "ner", choose(manifest, "ner", "fp32")))
+    sentences = segment(text)
+    assert len(sentences) == 1
+    lengths = pipe.ner.pieces.lengths([text[a:b] for a, b in sentences[0].words])
+    assert sum(lengths) > 4 * manifest["models"]["ner"]["max_pieces"]
+    doc = pipe.extract("long", text, relations=False)
+    assert all(text[e.start : e.end] == e.text for e in doc.entities)
+    # Entities are found beyond the first window: nothing after it was cut off.
+    first_window_end = sentences[0].words[manifest["models"]["ner"]["max_pieces"] // 2][0]
+    assert any(e.start > 2 * first_window_end for e in doc.entities)

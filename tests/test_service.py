@@ -375,3 +375,16 @@ def test_default_bundle_serves_real_predictions(corpus_dir: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_api_key_is_required_when_configured(tiny_bundle: Path) -> None:
+    proc, url = start(tiny_bundle, RENERSANS_API_KEY="s3cret")
+    try:
+        wait_ready(proc, url)
+        assert httpx.post(f"{url}/extract", json={"text": "Рост"}).status_code == 401
+        ok = httpx.post(f"{url}/extract", json={"text": "Рост"}, headers={"X-API-Key": "s3cret"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{url}/health").status_code == 200  # probes stay open
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
