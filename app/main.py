@@ -4,7 +4,6 @@ CPU-bound endpoints are plain `def`, so FastAPI runs them in its thread pool and
 for /health and /ready.
 """
 
-
 import io
 import logging
 import uuid
