@@ -88,13 +88,7 @@ def tokenizer_config(model_max_length: int = 512) -> dict[str, object]:
     `tokenizer.json` as written (5.x rebuilds an `XLMRobertaTokenizer` with its own pre-tokenizer)."""
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "sep_token": "</s>",
-        "cls_token": "<s>",
-        "pad_token": "<pad>",
-        "mask_token": MASK,
+        **special_tokens_map(),
         "model_max_length": model_max_length,
         "padding_side": "right",
         "clean_up_tokenization_spaces": False,
