@@ -14,8 +14,6 @@ from app.errors import BundleError, InvalidEntities
 from app.pipeline import Pipeline
 from app.settings import Settings
 from app.text.brat import Document, Entity, Relation
-from app.text.encode import decode_document
-from app.text.segment import segment
 from app.text.tags import ENTITY_TYPES
 
 log = logging.getLogger(__name__)
@@ -89,27 +87,8 @@ class Extractor:
 
     def extract(self, text: str, relations: bool = True, name: str = "request") -> Result:
         """Entities and relations of `text`, timed per stage (milliseconds)."""
-        timings = {}
-        t0 = time.perf_counter()
-        sentences = segment(text)
-        t1 = time.perf_counter()
-        spans = self.pipeline.entities(text, sentences) if sentences else []
-        t2 = time.perf_counter()
-        rels = (
-            self.pipeline.relations(text, sentences, spans)
-            if relations and self.has_relations
-            else [[] for _ in sentences]
-        )
-        t3 = time.perf_counter()
-        doc = decode_document(name, text, sentences, spans, rels)
-        t4 = time.perf_counter()
-        for stage, a, b in (
-            ("segmentation", t0, t1),
-            ("ner", t1, t2),
-            ("relations", t2, t3),
-            ("decoding", t3, t4),
-        ):
-            timings[stage] = round((b - a) * 1000, 3)
+        timings: dict[str, float] = {}
+        doc = self.pipeline.extract(name, text, relations and self.has_relations, timings)
         return Result(doc, timings)
 
     def relations_for(self, text: str, entities: Sequence[Entity], name: str = "request") -> Result:
