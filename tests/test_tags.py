@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from app.text.tags import (
@@ -13,6 +14,8 @@ from app.text.tags import (
     encode_bio,
     encode_relations,
     merge_relations,
+    pair_relations,
+    viterbi_bio,
 )
 
 
@@ -91,3 +94,45 @@ def test_two_types_on_one_pair_use_both_copies_a_third_is_lost() -> None:
 def test_merge_keeps_one_reading_of_a_pair_per_type() -> None:
     found = [WordRelation("NPS", 0, 1), WordRelation("NPS", 1, 0), WordRelation("GOL", 1, 0)]
     assert merge_relations(found) == [WordRelation("NPS", 0, 1), WordRelation("GOL", 1, 0)]
+
+
+def _logprobs(rows: list[dict[str, float]], labels: tuple[str, ...]) -> np.ndarray:
+    """Per-word log-probabilities with the given labels' probabilities and the rest spread evenly."""
+    out = np.empty((len(rows), len(labels)))
+    for k, row in enumerate(rows):
+        rest = (1 - sum(row.values())) / (len(labels) - len(row))
+        out[k] = np.log([row.get(lab, rest) for lab in labels])
+    return out
+
+
+def test_viterbi_repairs_an_entity_argmax_would_break() -> None:
+    # Per word, argmax reads O I-MET I-MET: an ill-formed start. The best well-formed sequence opens the
+    # entity on the second word, which was nearly as likely to be B-MET.
+    scores = _logprobs([{"O": 0.9}, {"I-MET": 0.5, "B-MET": 0.45}, {"I-MET": 0.9}], BIO_LABELS)
+    assert [BIO_LABELS[i] for i in scores.argmax(1)] == ["O", "I-MET", "I-MET"]
+    assert viterbi_bio(scores, BIO_LABELS) == ["O", "B-MET", "I-MET"]
+
+
+def test_viterbi_never_continues_another_type() -> None:
+    scores = _logprobs([{"B-ECO": 0.9}, {"I-MET": 0.6, "I-ECO": 0.3}], BIO_LABELS)
+    tags = viterbi_bio(scores, BIO_LABELS)
+    assert tags[0] == "B-ECO" and tags[1] != "I-MET"
+    assert viterbi_bio(np.zeros((0, len(BIO_LABELS))), BIO_LABELS) == []
+
+
+def test_pair_decision_averages_both_copies_in_one_frame() -> None:
+    labels = RELATION_LABELS
+    # Span 0's copy reads span 1 as GOL Arg2 (0 -> 1); span 1's copy sees the same relation from the other
+    # side (GOL:1, its partner is Arg1) less surely, and mostly no relation.
+    one = _logprobs([{"GOL:2": 0.6, "0": 0.2}], labels)[0]
+    other = _logprobs([{"0": 0.55, "GOL:1": 0.4}], labels)[0]
+    assert pair_relations({(0, 1): np.exp(one), (1, 0): np.exp(other)}, labels) == [WordRelation("GOL", 0, 1)]
+    # Two types proposed by the two copies: one decision for the pair.
+    tsk = _logprobs([{"TSK:1": 0.5, "0": 0.1}], labels)[0]
+    found = pair_relations({(0, 1): np.exp(one), (1, 0): np.exp(tsk)}, labels)
+    assert found == [WordRelation("GOL", 0, 1)]
+    # Mostly no relation on both sides: nothing.
+    none = _logprobs([{"0": 0.9}], labels)[0]
+    assert pair_relations({(0, 1): np.exp(none), (1, 0): np.exp(none)}, labels) == []
+    # A partner only one copy could see is decided from that copy.
+    assert pair_relations({(1, 0): np.exp(tsk)}, labels) == [WordRelation("TSK", 0, 1)]

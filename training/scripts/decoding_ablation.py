@@ -1,0 +1,97 @@
+"""Decoding choices measured on the dev split with one model pass: every encoder row is computed once and
+cached, so each decoding (BIO argmax vs Viterbi; relation pairs read from either copy vs one decision per
+pair) is scored on the same logits.
+
+    python -m training.scripts.decoding_ablation models/default ../shared/rurebus --json runs/decoding.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.bundle import read_manifest
+from app.metric import evaluate
+from app.pipeline import Pipeline, Runner
+from app.text.brat import read_corpus
+from training.variants import pipeline_for
+
+
+def cached(run: Runner) -> Runner:
+    """`run` with every row's logits kept by its piece ids, so a row seen in any earlier batch, however it
+    was batched and padded, is not computed again."""
+    memory: dict[bytes, dict[str, np.ndarray]] = {}
+
+    def runner(ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        lengths = mask.sum(1)
+        keys = [ids[r, : lengths[r]].tobytes() for r in range(len(ids))]
+        todo = [r for r, k in enumerate(keys) if k not in memory]
+        if todo:
+            width = int(lengths[todo].max())
+            out = run(ids[todo, :width], mask[todo, :width])
+            for row, r in enumerate(todo):
+                memory[keys[r]] = {h: v[row, : lengths[r]] for h, v in out.items()}
+        heads = memory[keys[0]].keys()
+        result = {}
+        for h in heads:
+            block = np.zeros((len(ids), ids.shape[1], memory[keys[0]][h].shape[-1]), dtype=np.float32)
+            for r, k in enumerate(keys):
+                block[r, : lengths[r]] = memory[k][h]
+            result[h] = block
+        return result
+
+    return runner
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--variant", default="fp16")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    manifest = read_manifest(args.bundle)
+    dev = set(manifest["models"]["ner"]["dev_documents"])
+    gold = [d for d in read_corpus(args.corpus) if d.name in dev]
+    base = pipeline_for(args.bundle, manifest, args.variant)
+    base.ner.run = cached(base.ner.run)
+    base.re.run = cached(base.re.run)
+    rows = []
+    for bio, pairs in itertools.product(("argmax", "viterbi"), ("either", "pair")):
+        pipe = Pipeline(ner=base.ner, re=base.re, bio=bio, pairs=pairs)
+        started = time.perf_counter()
+        predicted = {d.name: pipe.extract(d.name, d.text) for d in gold}
+        given = {d.name: pipe.relations_for(d.name, d.text, d.entities) for d in gold}
+        ner = evaluate(gold, predicted, "ner").micro
+        re_gold = evaluate(gold, given, "re").micro
+        e2e = evaluate(gold, predicted, "re").micro
+        row = {
+            "bio": bio,
+            "pairs": pairs,
+            **{
+                f"{k}_{m}": getattr(v, m)
+                for k, v in (("ner", ner), ("re_gold", re_gold), ("e2e", e2e))
+                for m in ("precision", "recall", "f1")
+            },
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        rows.append(row)
+        print(
+            f"{bio:8s} {pairs:7s} NER {ner.precision:.4f}/{ner.recall:.4f}/{ner.f1:.4f}  "
+            f"RE-gold {re_gold.precision:.4f}/{re_gold.recall:.4f}/{re_gold.f1:.4f}  "
+            f"e2e {e2e.precision:.4f}/{e2e.recall:.4f}/{e2e.f1:.4f}  ({row['seconds']} s)",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"dev_documents": len(gold), "variant": args.variant, "rows": rows}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()
