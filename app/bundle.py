@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from app import faults
 from app.errors import BundleError
 from app.pipeline import Tagger, TaggerSpec
 from app.text.subwords import WordPieces
@@ -152,11 +153,26 @@ def choose(manifest: dict[str, Any], model: str, variant: str = "auto", device: 
     return Choice(variant, providers, reason)
 
 
-def onnx_tagger(root: Path, manifest: dict[str, Any], model: str, choice: Choice, threads: int = 0) -> Tagger:
-    """A pipeline tagger running one ONNX file; input and output names come from the session itself."""
+def onnx_tagger(
+    root: Path,
+    manifest: dict[str, Any],
+    model: str,
+    choice: Choice,
+    threads: int = 0,
+    io_binding: bool | None = None,
+) -> Tagger:
+    """A pipeline tagger running one ONNX file; input and output names come from the session itself.
+
+    `io_binding` (default: on CUDA) binds inputs and outputs to the device explicitly, one copy each way
+    per call, instead of letting `run` stage them through its own allocations."""
     info = manifest["models"][model]
     path = Path(root) / info["variants"][choice.variant]["file"]
-    session = _session(path, choice.providers, threads)
+    try:
+        session = _session(path, choice.providers, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types, not subclasses of OSError
+        raise BundleError(
+            f"{path}: ONNX Runtime cannot load it ({str(exc)[:300]}); restore it or re-export the bundle"
+        ) from exc
     used = session.get_providers()
     if choice.providers[0] == CUDA and used[0] != CUDA:
         log.warning("%s: CUDA provider could not start, running on %s", path, used[0])
@@ -164,14 +180,34 @@ def onnx_tagger(root: Path, manifest: dict[str, Any], model: str, choice: Choice
     heads = {head: name for head, name in info["outputs"].items()}
 
     def run(ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        feed = dict(zip(inputs, (ids, mask), strict=True))
+        feed = dict(zip(inputs, (faults.before_model(ids), mask), strict=True))
         results = session.run(list(heads.values()), feed)
         return {head: r.astype(np.float32, copy=False) for head, r in zip(heads, results, strict=True)}
 
-    tokenizer = Tokenizer.from_file(str(Path(root) / info["tokenizer"]))
+    device = "cuda" if used[0] == CUDA else "cpu"
+
+    def run_bound(ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        binding = session.io_binding()  # one per call: callers may run concurrently
+        for name, x in zip(inputs, (faults.before_model(ids), mask), strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), device)
+            binding.bind_ortvalue_input(name, value)
+        for name in heads.values():
+            binding.bind_output(name, device)
+        session.run_with_iobinding(binding)
+        results = binding.copy_outputs_to_cpu()
+        return {head: r.astype(np.float32, copy=False) for head, r in zip(heads, results, strict=True)}
+
+    tok_path = Path(root) / info["tokenizer"]
+    try:
+        tokenizer = Tokenizer.from_file(str(tok_path))
+    except Exception as exc:  # the tokenizers library raises plain Exceptions for corrupt files
+        raise BundleError(f"{tok_path}: not a tokenizer.json ({str(exc)[:300]})") from exc
     labels = {h: tuple(v) for h, v in info["labels"].items()}
     spec = TaggerSpec(labels, info["max_pieces"], info.get("typed_markers", False), info.get("pad_id", 1))
-    return Tagger(run, WordPieces(tokenizer), spec, providers=used)
+    bound = device == "cuda" if io_binding is None else io_binding
+    return Tagger(run_bound if bound else run, WordPieces(tokenizer), spec, providers=used)
 
 
 def bundle_size(root: Path) -> int:

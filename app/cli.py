@@ -96,6 +96,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from app.limits import GuardedH11Protocol
+
     if args.bundle:
         os.environ["RENERSANS_BUNDLE"] = str(args.bundle)
     uvicorn.run(
@@ -104,6 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        # h11 with a deadline for request heads (slow clients), whatever else is installed (httptools).
+        http=GuardedH11Protocol,
         timeout_graceful_shutdown=args.grace,
         timeout_keep_alive=5,
         log_level="warning",

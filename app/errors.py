@@ -6,16 +6,27 @@ RenersansError
 │   ├── BadEncoding           a file that is not UTF-8 text                           400
 │   ├── InvalidEntities       given entities outside the text, unknown, overlapping   422
 │   ├── PayloadTooLarge       a body over the configured size                         413
+│   ├── ReadTimeout           a request not received within the configured time       408
 │   └── UnsupportedMediaType  a content type the endpoint does not read               415
+├── Unauthorized              no API key, or the wrong one, where one is configured   401
 ├── BundleError               a model bundle missing, broken or of the wrong version  503
-└── InferenceError            the models failed on one request                        503
+├── InferenceError            the models failed on one request                        503
+├── Overloaded                more requests waiting than the configured queue holds   503
+├── ShuttingDown              the grace period ended before the request was answered  503
+├── ProcessingTimeout         a request not answered within the configured time       504
+└── InternalError             a fault of ours (a bug): logged with its error id       500
+
+docs/reliability.md lists what the service does for each, and the test that shows it.
 """
+
+from typing import ClassVar
 
 
 class RenersansError(Exception):
     """Base class: every error the project raises on purpose."""
 
     status = 500
+    headers: ClassVar[dict[str, str] | None] = None  # HTTP headers that go with the answer
 
 
 class BratFormatError(RenersansError, ValueError):
@@ -42,8 +53,18 @@ class PayloadTooLarge(InputError):
     status = 413
 
 
+class ReadTimeout(InputError):
+    """The client took longer than `RENERSANS_READ_TIMEOUT_S` to send its request (slow or stalled)."""
+
+    status = 408
+
+
 class UnsupportedMediaType(InputError):
     status = 415
+
+
+class Unauthorized(RenersansError):
+    status = 401
 
 
 class BundleError(RenersansError):
@@ -53,6 +74,39 @@ class BundleError(RenersansError):
 
 
 class InferenceError(RenersansError):
-    """The models failed on one request; other requests are unaffected."""
+    """The models failed on one request; other requests are unaffected. `error_id` is in the log."""
 
     status = 503
+
+    def __init__(self, message: str, error_id: str | None = None) -> None:
+        super().__init__(message)
+        self.error_id = error_id
+
+
+class Overloaded(RenersansError):
+    """All model slots busy and the queue full (`RENERSANS_MAX_CONCURRENCY`, `RENERSANS_MAX_QUEUE`)."""
+
+    status = 503
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+class ShuttingDown(RenersansError):
+    """The server stopped (SIGTERM) and its grace period ended before this request was answered."""
+
+    status = 503
+
+
+class ProcessingTimeout(RenersansError):
+    """Not answered within `RENERSANS_REQUEST_TIMEOUT_S` of arriving (queueing included)."""
+
+    status = 504
+
+
+class InternalError(RenersansError):
+    """An unexpected exception: a bug. The answer carries the error id that the log has with the trace."""
+
+    status = 500
+
+    def __init__(self, message: str, error_id: str | None = None) -> None:
+        super().__init__(message)
+        self.error_id = error_id

@@ -1,33 +1,43 @@
 """The FastAPI application: endpoints over the Extractor, errors mapped to status codes in one place.
 
-CPU-bound endpoints are plain `def`, so FastAPI runs them in its thread pool and the event loop stays free
-for /health and /ready.
+CPU-bound endpoints are plain `def`, so FastAPI runs them in its thread pool and the event loop stays free;
+the probes are `async def`, so they need no worker thread and answer even while every thread is busy.
+Limits on size, time and concurrency are app/limits.py; the API key and CORS, app/access.py.
 """
 
 import io
 import logging
+import os
 import uuid
 import zipfile
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Header, Query, Request, UploadFile
+import anyio.to_thread
+from fastapi import Depends, FastAPI, File, Header, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
-from app import observability
+from app import access, faults, limits, observability, page
 from app.errors import (
     BadEncoding,
     BundleError,
     InferenceError,
     InputError,
+    InternalError,
     RenersansError,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from app.schemas import (
+    BratDocument,
+    BratEntity,
     EntityOut,
     ErrorResponse,
     ExtractRequest,
@@ -37,13 +47,12 @@ from app.schemas import (
     RelationsRequest,
     RelationsResponse,
 )
-from app.service import Extractor, Result
+from app.service import Extractor, Result, validate_entities
 from app.settings import Settings
 from app.text.brat import Entity, format_ann, parse_ann
 
 log = logging.getLogger("app")
 VERSION = "0.1.0"
-ERRORS = {404: "not found", 405: "method not allowed"}
 # A zip may expand to at most this many times the request limit, and hold at most this many files.
 ZIP_EXPANSION = 20
 ZIP_MAX_FILES = 1000
@@ -65,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     observability.configure_logging(settings.log_level)
     state: dict = {"extractor": None, "reason": "starting"}
+    gate = limits.Gate(settings.max_concurrency, settings.max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -88,7 +98,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info(
                 "ready in %.2f s (load) + %.2f s (warm-up)", extractor.load_seconds, extractor.warmup_seconds
             )
+        # Requests waiting for a model slot wait in worker threads: make room for all of them beside the
+        # thread pool's usual 40, so that requests that need no model never wait for a thread.
+        threads = anyio.to_thread.current_default_thread_limiter()
+        threads.total_tokens = max(threads.total_tokens, 40 + settings.max_concurrency + settings.max_queue)
         yield
+        # uvicorn gets here once its connections are done, or once its grace period (`--grace`) is over with
+        # requests still running. Work on the models cannot be cancelled, and its threads would keep the
+        # process alive past the grace period: end it now.
+        if gate.running or gate.waiting:
+            unfinished = gate.running + gate.waiting
+            log.error("exiting with %d model request(s) unfinished after the grace period", unfinished)
+            logging.shutdown()
+            os._exit(1)
+        if state["extractor"] is not None:
+            state["extractor"].close()  # the cross-request batchers' worker threads, when configured
 
     app = FastAPI(
         title="RENERSANs",
@@ -96,20 +120,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Entities and relations from Russian business and government documents (RuREBus).",
         lifespan=lifespan,
         responses={
-            413: {"model": ErrorResponse},
-            415: {"model": ErrorResponse},
-            422: {"model": ErrorResponse},
-            503: {"model": ErrorResponse},
+            status: {"model": ErrorResponse}
+            for status in (400, 408, 413, 415, 422, 500, 503, 504, *((401,) if settings.api_key else ()))
         },
     )
+    observability.IN_FLIGHT.set_function(lambda: gate.running)
+    observability.QUEUED.set_function(lambda: gate.waiting)
+    # Added innermost first: every answer is logged, and carries CORS headers even when a limit refused it.
+    app.add_middleware(
+        limits.Limits,
+        max_bytes=settings.max_request_bytes,
+        read_timeout_s=settings.read_timeout_s,
+        request_timeout_s=settings.request_timeout_s,
+    )
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"])
-    app.add_middleware(observability.BodyLimit, limit=settings.max_request_bytes)
+        app.add_middleware(CORSMiddleware, **access.cors_options(settings.cors_origins))
     app.add_middleware(observability.RequestLog)
 
-    def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if settings.api_key and x_api_key != settings.api_key:
-            raise _Unauthorized()
+    key_header = APIKeyHeader(
+        name=access.HEADER, auto_error=False, description="the key configured in RENERSANS_API_KEY"
+    )
+
+    def require_key(key: Annotated[str | None, Security(key_header)]) -> None:
+        if not access.key_matches(key, settings.api_key):
+            raise Unauthorized(f"send the API key in the {access.HEADER} header")
+
+    async def inject_fault(request: Request) -> None:
+        # async, so it runs in the request's own context, which the endpoint's worker thread then copies.
+        if value := request.headers.get(faults.HEADER):
+            faults.inject(faults.parse(value))
 
     def extractor() -> Extractor:
         ex = state["extractor"]
@@ -118,13 +157,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return ex
 
     Engine = Annotated[Extractor, Depends(extractor)]
-    guarded = [Depends(require_key)]
+    # The key guards every endpoint that reads documents; the probes, /metrics and /version stay open.
+    guarded = [Depends(require_key)] if settings.api_key else []
+    if settings.fault_injection:
+        log.warning("fault injection is on (RENERSANS_FAULT_INJECTION): for tests only, never in production")
+        guarded.append(Depends(inject_fault))
 
     @app.exception_handler(RenersansError)
     def _domain_error(request: Request, exc: RenersansError) -> JSONResponse:
         return JSONResponse(
             {"error": type(exc).__name__, "detail": str(exc), "error_id": getattr(exc, "error_id", None)},
             status_code=exc.status,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -135,26 +179,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except UnsupportedMediaType as wrong_type:
                 return _domain_error(request, wrong_type)
         detail = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": "ValidationError", "detail": detail}, status_code=422)
+        return JSONResponse({"error": "ValidationError", "detail": detail, "error_id": None}, status_code=422)
 
-    @app.exception_handler(_Unauthorized)
-    def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        return JSONResponse(
-            {"error": "Unauthorized", "detail": "send the API key in the X-API-Key header"}, status_code=401
-        )
+    @app.exception_handler(HTTPException)
+    def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Routing's own errors (404, 405) in the same JSON shape as every other error.
+        name = HTTPStatus(exc.status_code).phrase.title().replace(" ", "").replace("-", "")
+        detail = f"{exc.detail}: {request.method} {request.url.path}"
+        if exc.status_code in (404, 405):
+            detail += " (the endpoints and their methods are listed at /docs)"
+        body = {"error": name, "detail": detail, "error_id": None}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("unexpected error (error id %s)", error_id, exc_info=exc)
+        return _domain_error(request, InternalError(f"internal error; error id {error_id}", error_id))
 
     def run(ex: Extractor, endpoint: str, call):
-        """Run one inference call; a failure inside the models is this request's 503, not the process's."""
+        """Run one inference call, in one of the model slots (the concurrency limit); a failure inside the
+        models is this request's 503, not the process's."""
         try:
-            result = call()
+            with gate.slot():
+                result = call()
         except RenersansError:
             raise
         except Exception as exc:
             error_id = uuid.uuid4().hex[:12]
             log.exception("inference failed (error id %s)", error_id)
-            err = InferenceError(f"inference failed; error id {error_id}")
-            err.error_id = error_id
-            raise err from exc
+            raise InferenceError(f"inference failed; error id {error_id}", error_id) from exc
         observability.record(endpoint, result)
         return result
 
@@ -209,6 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Track 2: the relations between entities you give (character offsets into `text`)."""
         _require_json(request)
         entities = [Entity(e.id, e.type, e.start, e.end, body.text[e.start : e.end]) for e in body.entities]
+        validate_entities(body.text, entities)  # before waiting for a model slot
         result = run(ex, "relations", lambda: ex.relations_for(body.text, entities))
         return RelationsResponse(
             relations=[
@@ -228,10 +283,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         text = decode_upload(txt.file.read(), txt.filename or "document.txt")
         ann_name = ann.filename or "document.ann"
         given = parse_ann(decode_upload(ann.file.read(), ann_name), text, source=ann_name)
+        validate_entities(text, given.entities)  # before waiting for a model slot
         result = run(ex, "relations", lambda: ex.relations_for(text, given.entities))
         return PlainTextResponse(format_ann(given.entities, result.document.relations))
 
-    @app.post("/brat/tagger", dependencies=guarded)
+    @app.post(
+        "/brat/tagger",
+        dependencies=guarded,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
+    )
     async def brat_tagger(request: Request, ex: Engine):
         """brat's automatic annotation protocol: the document as the body, `{id: {type, offsets, texts}}`
         back (entities only: brat's protocol carries no relations)."""
@@ -245,13 +307,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for e in result.document.entities
         }
 
+    @app.post(
+        "/brat/parse",
+        response_model=BratDocument,
+        dependencies=guarded,
+        responses={400: {"model": ErrorResponse}},
+    )
+    def brat_parse(
+        txt: Annotated[UploadFile, File(description="the document .txt (UTF-8)")],
+        ann: Annotated[UploadFile | None, File(description="its .ann (none: no annotations)")] = None,
+    ) -> BratDocument:
+        """A brat pair read and checked (offsets, texts, relation arguments) by the service's own reader,
+        as JSON; no model runs. The page at `/` shows existing annotations with it."""
+        text = decode_upload(txt.file.read(), txt.filename or "document.txt")
+        ann_name = (ann.filename if ann else None) or "document.ann"
+        content = decode_upload(ann.file.read(), ann_name) if ann else ""
+        doc = parse_ann(content, text, source=ann_name)
+        return BratDocument(
+            text=text,
+            entities=[
+                BratEntity(
+                    id=e.id,
+                    type=e.type,
+                    start=e.start,
+                    end=e.end,
+                    text=e.text,
+                    fragments=list(e.fragments or ((e.start, e.end),)),
+                )
+                for e in doc.entities
+            ],
+            relations=[RelationOut(id=r.id, type=r.type, arg1=r.arg1, arg2=r.arg2) for r in doc.relations],
+            warnings=dict(doc.warnings),
+        )
+
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
         """The process is alive (says nothing about the model)."""
         return {"status": "ok"}
 
     @app.get("/ready")
-    def ready() -> JSONResponse:
+    async def ready() -> JSONResponse:
         """The bundle is loaded, warmed up, and on the execution provider configured."""
         ok = state["extractor"] is not None and not state["reason"]
         body = {"ready": ok, "reason": state["reason"] or None}
@@ -260,20 +355,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         """Prometheus text format."""
         return observability.exposition()
 
     @app.get("/version")
-    def version() -> dict:
+    async def version() -> dict:
         ex = state["extractor"]
         return {"version": VERSION, "model": ex.info() if ex else None}
 
+    page.add_page(app)
+    _errors_as_json(app)
     return app
 
 
-class _Unauthorized(Exception):
-    pass
+def _errors_as_json(app: FastAPI) -> None:
+    """Error answers are JSON (schemas.ErrorResponse) on every route, also on those whose success is text or
+    a zip: FastAPI documents a route's extra responses in the route's own media type, so move them."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if status[:1] in "45" and content and "application/json" not in content:
+                        response["content"] = {"application/json": next(iter(content.values()))}
+        return schema
+
+    app.openapi = openapi
 
 
 def _require_json(request: Request) -> None:
@@ -299,26 +410,35 @@ def _extract_response(ex: Extractor, result: Result) -> ExtractResponse:
 
 
 def _annotate_zip(ex: Extractor, data: bytes, max_bytes: int, run) -> Response:
-    """A zip of .txt in, a zip of .ann out. Paths that escape (absolute, `..`) and archives that expand
-    past `max_bytes` are refused before anything is decompressed; nothing is written to disk."""
+    """A zip of .txt in, a zip of .ann out. Archives that cannot be read, that expand past `max_bytes`, hold
+    paths that escape (absolute, `..`) or members compressed other than by deflate are refused before anything
+    is decompressed; nothing is written to disk."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [m for m in archive.infolist() if not m.is_dir()]
-    except zipfile.BadZipFile:
+    except Exception:  # zipfile raises a dozen exception types for malformed archives, not only BadZipFile
         raise InputError("the upload is not a readable .zip archive") from None
     if len(members) > ZIP_MAX_FILES:
         raise InputError(f"the zip holds {len(members)} files; at most {ZIP_MAX_FILES} per request")
     if sum(m.file_size for m in members) > max_bytes:
         raise InputError(f"the zip expands past {max_bytes:,} bytes; send smaller batches")
+    for m in members:
+        path = PurePosixPath(m.filename)
+        if path.is_absolute() or ".." in path.parts or "\\" in m.filename:
+            raise InputError(f"{m.filename}: paths inside the zip must be relative, without '..'")
+        # Deflate is what zip tools write; other methods (bzip2, lzma) can expand a small read far more.
+        if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or m.flag_bits & 0x1:
+            raise InputError(f"{m.filename}: only unencrypted members, stored or deflated, can be read")
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as result:
         for m in members:
             path = PurePosixPath(m.filename)
-            if path.is_absolute() or ".." in path.parts or "\\" in m.filename:
-                raise InputError(f"{m.filename}: paths inside the zip must be relative, without '..'")
             if path.suffix.lower() != ".txt":
                 continue
-            raw = archive.read(m)
+            try:
+                raw = archive.read(m)  # at most m.file_size bytes: zipfile stops there and checks the CRC
+            except Exception as exc:  # corrupt data: BadZipFile, zlib.error, EOFError, ...
+                raise InputError(f"{m.filename}: cannot be decompressed ({exc})") from None
             if len(raw) != m.file_size:
                 raise InputError(f"{m.filename}: its size does not match the archive's record")
             text = decode_upload(raw, m.filename)

@@ -1,4 +1,4 @@
-"""Logs, metrics and the request-size guard: what an operator sees of the service."""
+"""Logs and metrics: what an operator sees of the service."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     generate_latest,
@@ -39,6 +40,9 @@ DOCUMENTS = Counter("renersans_documents", "documents processed", ["endpoint"], 
 ENTITIES = Counter("renersans_entities", "entities returned", registry=REGISTRY)
 RELATIONS = Counter("renersans_relations", "relations returned", registry=REGISTRY)
 CHARACTERS = Counter("renersans_characters", "characters of text processed", registry=REGISTRY)
+# Set to the concurrency gate's counts by create_app (app/limits.py).
+IN_FLIGHT = Gauge("renersans_in_flight", "model requests running", registry=REGISTRY)
+QUEUED = Gauge("renersans_queued", "model requests waiting for a slot", registry=REGISTRY)
 MODEL_INFO = Info("renersans_model", "the loaded bundle, variants and execution providers", registry=REGISTRY)
 
 log = logging.getLogger("app.access")
@@ -81,64 +85,6 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-
-
-class BodyLimit:
-    """413 for bodies over `limit` bytes: refused from Content-Length before reading, and counted while
-    streaming when the length is not declared (chunked uploads)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(send)
-            return
-        seen = 0
-        exceeded = False
-
-        async def counted() -> Message:
-            nonlocal seen, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    exceeded = True
-                    raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._too_large(send)
-        except Exception:
-            if not exceeded:
-                raise
-            await self._too_large(send)
-
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": "PayloadTooLarge",
-                "detail": f"the body is over {self.limit:,} bytes; split the document",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class RequestLog:
@@ -197,6 +143,7 @@ _ENDPOINTS = {
     "/relations",
     "/relations/brat",
     "/brat/tagger",
+    "/brat/parse",
     "/health",
     "/ready",
     "/metrics",

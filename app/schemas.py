@@ -85,3 +85,21 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="the error's kind")
     detail: str = Field(description="what was wrong and what to send instead")
     error_id: str | None = Field(None, description="quote this when reporting a server-side failure")
+
+
+class BratEntity(BaseModel):
+    id: str = Field(examples=["T1"])
+    type: str = Field(examples=["CMP"])
+    start: int = Field(ge=0, description="first character of the first fragment")
+    end: int = Field(ge=0, description="one past the last character of the last fragment")
+    text: str = Field(description="the text at its fragments, joined by a space (brat's convention)")
+    fragments: list[tuple[int, int]] = Field(description="(start, end) of each piece; one for most entities")
+
+
+class BratDocument(BaseModel):
+    text: str = Field(description="the .txt as decoded (UTF-8, a BOM kept): the offsets index this string")
+    entities: list[BratEntity]
+    relations: list[RelationOut]
+    warnings: dict[str, int] = Field(
+        description="what was read but is not drawn (A, N, # lines...) or is unusual, with counts"
+    )

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.batching import BatchingRunner
 from app.bundle import CUDA, bundle_size, check_bundle, choose, onnx_tagger, read_manifest
 from app.errors import BundleError, InvalidEntities
-from app.pipeline import Pipeline
+from app.pipeline import Pipeline, Tagger
 from app.settings import Settings
 from app.text.brat import Document, Entity, Relation
 from app.text.tags import ENTITY_TYPES
@@ -47,6 +48,9 @@ class Extractor:
             name: onnx_tagger(root, self.manifest, name, choice, settings.threads)
             for name, choice in self.choices.items()
         }
+        self.batchers: list[BatchingRunner] = []
+        if settings.batch_wait_ms > 0:
+            taggers = {name: self._batched(t, settings) for name, t in taggers.items()}
         self.pipeline = Pipeline(ner=taggers["ner"], re=taggers.get("re"), batch_size=settings.batch_size)
         self.providers = {name: t.providers for name, t in taggers.items()}
         for name, choice in self.choices.items():
@@ -60,6 +64,21 @@ class Extractor:
         self.load_seconds = time.perf_counter() - started
         self.bundle = root
         self.warmup_seconds = 0.0
+
+    def _batched(self, tagger: Tagger, settings: Settings) -> Tagger:
+        """The tagger with its encoder shared across concurrent requests (app/batching.py)."""
+        batcher = BatchingRunner(
+            tagger.run,
+            max_rows=settings.batch_max_rows,
+            max_wait_ms=settings.batch_wait_ms,
+            pad_id=tagger.spec.pad_id,
+        )
+        self.batchers.append(batcher)
+        return Tagger(batcher, tagger.pieces, tagger.spec, tagger.providers)
+
+    def close(self) -> None:
+        for batcher in self.batchers:
+            batcher.close()
 
     @property
     def on_cuda(self) -> bool:

@@ -23,7 +23,20 @@ class Settings(BaseSettings):
         description="on a missing or broken bundle, serve /health with /ready false instead of exiting",
     )
     max_request_bytes: int = Field(2_000_000, gt=0, description="largest request body accepted (413 above)")
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a client has to send a request's head, then its body (408 after)"
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="seconds from a request's arrival to its answer, queueing included (504)"
+    )
+    max_concurrency: int = Field(4, gt=0, description="model requests run at once")
+    max_queue: int = Field(32, ge=0, description="model requests waiting for a slot; more get 503 Overloaded")
     batch_size: int = Field(32, gt=0, description="sequences per encoder batch")
+    # Cross-request batching (app/batching.py); off by default: on the CPU it measured slower (BENCHMARKS.md).
+    batch_wait_ms: float = Field(
+        0.0, ge=0, description="merge concurrent requests' encoder rows, waiting up to this long (0: off)"
+    )
+    batch_max_rows: int = Field(64, gt=0, description="rows per merged batch when batch_wait_ms > 0")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core)")
     api_key: str = Field("", description="when set, requests need the header X-API-Key with this value")
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -31,6 +44,10 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_text: bool = Field(False, description="include request text in logs (off: only sizes and counts)")
+    fault_injection: bool = Field(
+        False,
+        description="tests only: obey the X-Renersans-Fault header (app/faults.py); never in production",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[serve,train,dev]'
+./scripts/install-chromium.sh  # Debian's Chromium for the page's browser test, when missing
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/pytest "$@"

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serving import LIMIT, READ_TIMEOUT_S, Served, start, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "rurebus"
@@ -33,3 +35,31 @@ def tiny_bundle(tiny_checkpoints: tuple[Path, Path, Path], tmp_path_factory: pyt
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     assert main(["export", str(ner), str(out), "--re", str(re), "--corpus", str(corpus)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One real `renersans serve` on 127.0.0.1 with the tiny bundle, shared by the service's tests: a
+    short read timeout, so that slow-client tests take seconds, and fault injection, so that a test can
+    make one request's inference fail (app/faults.py). Tests that need other limits start their own."""
+    root = tmp_path_factory.mktemp("served")
+    (root / "work").mkdir()
+    (root / "spool").mkdir()
+    proc, url = start(
+        tiny_bundle,
+        cwd=root / "work",
+        TMPDIR=str(root / "spool"),
+        RENERSANS_MAX_REQUEST_BYTES=str(LIMIT),
+        RENERSANS_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
+        RENERSANS_FAULT_INJECTION="true",
+    )
+    try:
+        wait_ready(proc, url)
+        yield Served(url, root, proc.log_path)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def server(served: Served) -> str:
+    return served.url

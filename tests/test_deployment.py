@@ -340,7 +340,8 @@ def in_context(path: str) -> bool:
 def test_build_context_holds_what_the_images_copy_and_nothing_heavy() -> None:
     for _, source in copy_sources():
         assert in_context(source), f"{source} is COPYed but .dockerignore leaves it out"
-    for kept in ["app/main.py", "app/text/brat.py", f"{DEFAULT_BUNDLE}/manifest.json", "pyproject.toml"]:
+    kept_paths = ["app/main.py", "app/text/brat.py", "app/static/index.html", "app/static/app.js"]
+    for kept in [*kept_paths, f"{DEFAULT_BUNDLE}/manifest.json", "pyproject.toml"]:
         assert in_context(kept), kept
     for left_out in [
         ".git/HEAD",
