@@ -28,6 +28,14 @@ class RenersansError(Exception):
     status = 500
     headers: ClassVar[dict[str, str] | None] = None  # HTTP headers that go with the answer
 
+    def __init__(self, message: str = "", error_id: str | None = None) -> None:
+        super().__init__(message)
+        self.error_id = error_id  # set where the log holds more under the same id
+
+    def body(self) -> dict[str, str | None]:
+        """The JSON error answer (schemas.ErrorResponse)."""
+        return {"error": type(self).__name__, "detail": str(self), "error_id": self.error_id}
+
 
 class BratFormatError(RenersansError, ValueError):
     """Malformed brat standoff; the message names the file and line."""
@@ -78,10 +86,6 @@ class InferenceError(RenersansError):
 
     status = 503
 
-    def __init__(self, message: str, error_id: str | None = None) -> None:
-        super().__init__(message)
-        self.error_id = error_id
-
 
 class Overloaded(RenersansError):
     """All model slots busy and the queue full (`RENERSANS_MAX_CONCURRENCY`, `RENERSANS_MAX_QUEUE`)."""
@@ -106,7 +110,3 @@ class InternalError(RenersansError):
     """An unexpected exception: a bug. The answer carries the error id that the log has with the trace."""
 
     status = 500
-
-    def __init__(self, message: str, error_id: str | None = None) -> None:
-        super().__init__(message)
-        self.error_id = error_id

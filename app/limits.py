@@ -211,9 +211,7 @@ async def send_error(
     more_body: bool = False,
 ) -> None:
     """The error as the service's JSON error body (schemas.ErrorResponse), from outside the application."""
-    body = json.dumps(
-        {"error": type(exc).__name__, "detail": str(exc), "error_id": getattr(exc, "error_id", None)}
-    ).encode()
+    body = json.dumps(exc.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if close:  # the rest of the request was not read: the connection cannot carry another one
         headers.append((b"connection", b"close"))

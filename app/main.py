@@ -165,11 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RenersansError)
     def _domain_error(request: Request, exc: RenersansError) -> JSONResponse:
-        return JSONResponse(
-            {"error": type(exc).__name__, "detail": str(exc), "error_id": getattr(exc, "error_id", None)},
-            status_code=exc.status,
-            headers=exc.headers,
-        )
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

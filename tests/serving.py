@@ -62,35 +62,30 @@ def output(proc: subprocess.Popen) -> str:
     return proc.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 60) -> httpx.Response:
+def _poll_ready(proc: subprocess.Popen, url: str, timeout: float, done, what: str) -> httpx.Response:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}: {output(proc)}")
         try:
             r = httpx.get(f"{url}/ready", timeout=2)
-            if r.status_code == 200:
+            if done(r):
                 return r
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"server did not become ready: {output(proc)[-2000:]}")
+    raise AssertionError(f"server did not {what}: {output(proc)[-2000:]}")
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 60) -> httpx.Response:
+    return _poll_ready(proc, url, timeout, lambda r: r.status_code == 200, "become ready")
 
 
 def wait_started(proc: subprocess.Popen, url: str, timeout: float = 60) -> httpx.Response:
     """The first answer of /ready, whatever it is, once the bundle has been tried (not 'starting')."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {output(proc)}")
-        try:
-            r = httpx.get(f"{url}/ready", timeout=2)
-            if r.status_code == 200 or r.json()["reason"] != "starting":
-                return r
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server did not start: {output(proc)[-2000:]}")
+    return _poll_ready(
+        proc, url, timeout, lambda r: r.status_code == 200 or r.json()["reason"] != "starting", "start"
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
