@@ -7,11 +7,16 @@ from pathlib import Path
 
 import pytest
 from tiny import tiny_corpus, tiny_encoder
+from transformers import AutoTokenizer
 
 from app.cli import main
 from app.pipeline import Pipeline
 from app.text.brat import format_ann, parse_ann, read_corpus
+from app.text.encode import encode_document
+from app.text.subwords import WordPieces
+from training.data import re_examples
 from training.models import load_tagger, torch_tagger
+from training.scripts.sweep import sweep, table
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +87,40 @@ def test_resume_continues_from_the_last_checkpoint(tiny: tuple[Path, Path], tmp_
     resumed = run("ner", corpus, encoder, out, "epochs=2")["best_epoch_history"]
     assert resumed[0] == state_before[0]  # epoch 1 was not trained again
     assert [h["epoch"] for h in resumed] == [1, 2]
+
+
+def test_copies_with_rare_relation_types_are_repeated(tiny: tuple[Path, Path]) -> None:
+    corpus, encoder = tiny
+    docs = [encode_document(d) for d in read_corpus(corpus)]
+    pieces = WordPieces(AutoTokenizer.from_pretrained(encoder).backend_tokenizer)
+    plain = re_examples(docs, pieces, 64, typed=False)
+    positive = sum(any(t != "0" for t in tags) for d in docs for s in d.sentences for tags in s.relation_tags)
+    assert 0 < positive < len(plain)
+    everything_rare = re_examples(docs, pieces, 64, typed=False, rare_repeat=3, rare_below=10**9)
+    assert len(everything_rare) == len(plain) + 2 * positive
+    nothing_rare = re_examples(docs, pieces, 64, typed=False, rare_repeat=3, rare_below=1)
+    assert len(nothing_rare) == len(plain)
+
+
+def test_time_limit_ends_the_run_with_its_figures(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    corpus, encoder = tiny
+    metrics = run("ner", corpus, encoder, tmp_path / "ner", "time_limit=0.001")
+    assert metrics["stopped_by_time_limit"] is True
+    assert [h["step"] for h in metrics["best_epoch_history"]] == [1]  # one step, then evaluated
+    assert "ner" in metrics["dev"] and (tmp_path / "ner" / "best" / "tagger.json").exists()
+
+
+def test_sweep_runs_side_by_side_and_tabulates(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    corpus, encoder = tiny
+    common = [f"corpus={corpus}", f"encoder={encoder}", "epochs=1", "batch_size=8", "dev_fraction=0.25"]
+    plan = {
+        "parallel": 2,
+        "run": [
+            {"name": "a", "task": "ner", "config": "training/configs/ner.toml", "set": [*common, "seed=1"]},
+            {"name": "b", "task": "ner", "config": "training/configs/ner.toml", "set": [*common, "seed=2"]},
+        ],
+    }
+    results = sweep(plan, tmp_path, threads=1)
+    assert {r["returncode"] for r in results.values()} == {0}
+    assert all(0 <= r["dev"]["ner"]["f1"] <= 1 for r in results.values())
+    assert table(results).count("\n| ") == 2 and (tmp_path / "a.log").stat().st_size > 0

@@ -39,10 +39,17 @@ class TrainConfig:
     ner_weight: float = 0.0  # weight of the entity-tag loss beside the relation loss
     typed_markers: bool = False
     keep_negatives: float = 1.0  # fraction of marked copies without any relation kept for training
+    # Copies holding a relation type seen in fewer than `rare_below` training copies are repeated
+    # `rare_repeat` times (1: off).
+    rare_repeat: int = 1
+    rare_below: int = 500
     ner_model: str = ""  # a trained NER checkpoint, for the end-to-end evaluation
     # Small runs (tests, smoke checks).
     max_documents: int = 0  # 0: all
     max_steps: int = 0  # 0: no limit
+    # Seconds of wall time (data preparation included) after which training stops at the next step and the
+    # run ends as if its last epoch were done: dev evaluation, best checkpoint, metrics. 0: no limit.
+    time_limit: float = 0.0
     device: str = "auto"
 
     @classmethod

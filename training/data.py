@@ -11,7 +11,7 @@ from pathlib import Path
 from app.text.brat import Document
 from app.text.encode import EncodedDocument
 from app.text.subwords import WordPieces, context_window, mark, windows
-from app.text.tags import BIO_LABELS, RELATION_LABELS
+from app.text.tags import BIO_LABELS, NO_RELATION, RELATION_LABELS
 
 IGNORE = -100  # cross-entropy's ignore index: markers, padding and continuation pieces carry no label
 
@@ -65,11 +65,17 @@ def re_examples(
     typed: bool,
     keep_negatives: float = 1.0,
     seed: int = 0,
+    rare_repeat: int = 1,
+    rare_below: int = 0,
 ) -> list[Example]:
     """One example per (sentence, entity): markers around the entity, the sentence cut to a window around
-    it, every word labelled with its relation to the marked entity and with its own BIO tag."""
+    it, every word labelled with its relation to the marked entity and with its own BIO tag.
+
+    A copy that holds a relation type seen in fewer than `rare_below` training copies is repeated
+    `rare_repeat` times (the paper's code repeated its rarest types tenfold)."""
     budget = max_pieces - pieces.special
     rng = random.Random(seed)
+    rare = _rare_types(docs, rare_below) if rare_repeat > 1 else set()
     out = []
     for doc in docs:
         for s in doc.sentences:
@@ -91,8 +97,24 @@ def re_examples(
                     rel[j] = REL_ID[rel_tags[k]]
                     ent[j] = BIO_ID[s.bio[k]]
                 p = pieces.encode(marked[lo:hi], max_pieces)
-                out.append(Example(p.ids, p.first, {"relation": rel[lo:hi], "entity": ent[lo:hi]}))
+                example = Example(p.ids, p.first, {"relation": rel[lo:hi], "entity": ent[lo:hi]})
+                out.extend([example] * (rare_repeat if rare & _types(rel_tags) else 1))
     return out
+
+
+def _types(rel_tags: Sequence[str]) -> set[str]:
+    return {t.split(":")[0] for t in rel_tags if t != NO_RELATION}
+
+
+def _rare_types(docs: Sequence[EncodedDocument], below: int) -> set[str]:
+    """Relation types held by fewer than `below` marked copies of the training documents."""
+    counts: dict[str, int] = {}
+    for doc in docs:
+        for s in doc.sentences:
+            for rel_tags in s.relation_tags:
+                for t in _types(rel_tags):
+                    counts[t] = counts.get(t, 0) + 1
+    return {t for t, n in counts.items() if n < below}
 
 
 def gold_documents(docs: Sequence[Document]) -> dict[str, Document]:

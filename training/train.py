@@ -87,22 +87,31 @@ def loss_of(model: SequenceTagger, batch: dict[str, torch.Tensor], weights: dict
     return total
 
 
-def dev_reports(
-    config: TrainConfig, model: SequenceTagger, tokenizer, dev_gold, final: bool
-) -> dict[str, Report]:
+def dev_reports(config: TrainConfig, model: SequenceTagger, tokenizer, dev_gold) -> dict[str, Report]:
+    """The dev figure that picks the checkpoint: NER F1, or relations-given-gold-entities F1."""
     model.eval()
     tagger = torch_tagger(model, tokenizer, config.max_pieces, config.typed_markers)
-    reports: dict[str, Report] = {}
     if config.task == "ner":
-        reports["ner"] = evaluate_ner(Pipeline(ner=tagger), dev_gold)
+        reports = {"ner": evaluate_ner(Pipeline(ner=tagger), dev_gold)}
     else:
-        reports["re_gold"] = evaluate_relations_given_entities(Pipeline(re=tagger), dev_gold)
-        if final and config.ner_model:
-            ner_model, ner_tok, ner_info = load_tagger(Path(config.ner_model), str(tagger_device(model)))
-            ner = torch_tagger(ner_model, ner_tok, ner_info["max_pieces"])
-            reports["end_to_end"] = evaluate_end_to_end(Pipeline(ner=ner, re=tagger), dev_gold)
+        reports = {"re_gold": evaluate_relations_given_entities(Pipeline(re=tagger), dev_gold)}
     model.train()
     return reports
+
+
+def end_to_end_report(config: TrainConfig, model: SequenceTagger, tokenizer, dev_gold) -> Report | None:
+    """Relations from predicted entities, with the NER checkpoint `ner_model` (None without one)."""
+    if not config.ner_model:
+        return None
+    ner_dir = Path(config.ner_model)
+    if not (ner_dir / "config.json").exists():
+        print(f"no NER checkpoint at {ner_dir}: skipping the end-to-end evaluation (train NER first)")
+        return None
+    device = str(tagger_device(model))
+    ner_model, ner_tok, ner_info = load_tagger(ner_dir, device)
+    ner = torch_tagger(ner_model, ner_tok, ner_info["max_pieces"])
+    re = torch_tagger(model.eval(), tokenizer, config.max_pieces, config.typed_markers)
+    return evaluate_end_to_end(Pipeline(ner=ner, re=re), dev_gold)
 
 
 def tagger_device(model: nn.Module) -> torch.device:
@@ -113,6 +122,7 @@ def train(config: TrainConfig) -> dict:
     """Run (or resume) one training run; returns the final metrics also written to `metrics.json`."""
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + config.time_limit if config.time_limit else float("inf")
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -147,7 +157,14 @@ def train(config: TrainConfig) -> dict:
         examples = ner_examples(train_docs, pieces, config.max_pieces)
     else:
         examples = re_examples(
-            train_docs, pieces, config.max_pieces, config.typed_markers, config.keep_negatives, config.seed
+            train_docs,
+            pieces,
+            config.max_pieces,
+            config.typed_markers,
+            config.keep_negatives,
+            config.seed,
+            config.rare_repeat,
+            config.rare_below,
         )
     batches_per_epoch = len(length_batches(examples, config.batch_size, 0))
     total_steps = batches_per_epoch * config.epochs
@@ -174,6 +191,7 @@ def train(config: TrainConfig) -> dict:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
+        state.pop("stopped_by_time_limit", None)  # this invocation has its own time limit
         print(f"resuming {out} at epoch {state['epoch'] + 1}, batch {state['batch']}")
 
     meta = {
@@ -205,11 +223,17 @@ def train(config: TrainConfig) -> dict:
             last / STATE_FILE,
         )
 
+    # The best epoch's dev reports, kept so the end needs no second dev pass (None when the best epoch
+    # ran before an interruption: then they are computed again from out/best).
+    best_reports: dict[str, Report] | None = None
     print(
         f"{config.task}: {len(examples):,} training examples, {batches_per_epoch:,} batches per epoch, "
         f"{len(dev_gold)} dev documents, device {device}"
     )
-    while state["epoch"] < config.epochs and not _done(state, config):
+    # A time limit is looked at after each step, so even one that has already passed trains one step and
+    # evaluates it: the run always ends with a best checkpoint and its figures.
+    stopped = bool(config.max_steps) and state["step"] >= config.max_steps
+    while state["epoch"] < config.epochs and not stopped:
         epoch = state["epoch"]
         batches = length_batches(examples, config.batch_size, config.seed * 1000 + epoch)
         started = time.perf_counter()
@@ -234,10 +258,11 @@ def train(config: TrainConfig) -> dict:
                 started = time.perf_counter()
                 seen = 0
                 checkpoint()
-            if _done(state, config):
+            if _done(state, config, deadline):
+                stopped = True
                 break
         state["seconds"] += time.perf_counter() - started
-        reports = dev_reports(config, model, tokenizer, dev_gold, final=False)
+        reports = dev_reports(config, model, tokenizer, dev_gold)
         main_key = "ner" if config.task == "ner" else "re_gold"
         f1 = reports[main_key].micro.f1
         state["history"].append(
@@ -252,6 +277,7 @@ def train(config: TrainConfig) -> dict:
         print(f"epoch {epoch + 1}: dev {main_key} F1 {f1:.4f} (best {max(state['best'], f1):.4f})")
         if f1 > state["best"]:
             state["best"], state["stale"] = f1, 0
+            best_reports = reports
             save_tagger(model, tokenizer, out / "best", meta)
             (out / "dev_report.md").write_text("\n\n".join(r.table() for r in reports.values()) + "\n")
         else:
@@ -259,18 +285,18 @@ def train(config: TrainConfig) -> dict:
         state["epoch"], state["batch"] = epoch + 1, 0
         checkpoint()
         _plot(state["history"], out / "training.png")
+        # Written every epoch, so an interrupted run still shows its figures so far.
+        (out / "metrics.json").write_text(json.dumps(_metrics(state, best_reports, meta), indent=2) + "\n")
         if state["stale"] > config.patience:
             print(f"no better dev F1 for {state['stale']} epochs: stopping")
             break
 
     best_model, best_tok, _ = load_tagger(out / "best", str(device))
-    final = dev_reports(config, best_model, best_tok, dev_gold, final=True)
-    metrics = {
-        "best_epoch_history": state["history"],
-        "dev": {k: r.as_dict() for k, r in final.items()},
-        "train_seconds": state["seconds"],
-        "hardware": meta["hardware"],
-    }
+    final = dict(best_reports or dev_reports(config, best_model, best_tok, dev_gold))
+    e2e = end_to_end_report(config, best_model, best_tok, dev_gold)
+    if e2e is not None:
+        final["end_to_end"] = e2e
+    metrics = _metrics(state, final, meta)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "dev_report.md").write_text("\n\n".join(r.table() for r in final.values()) + "\n")
     for name, report in final.items():
@@ -289,7 +315,20 @@ def cpu_name() -> str:
     return f"{platform.machine()} CPU ({os.cpu_count()} cores)"
 
 
-def _done(state: dict, config: TrainConfig) -> bool:
+def _metrics(state: dict, reports: dict[str, Report] | None, meta: dict) -> dict:
+    return {
+        "best_epoch_history": state["history"],
+        "dev": {k: r.as_dict() for k, r in (reports or {}).items()},
+        "train_seconds": state["seconds"],
+        "stopped_by_time_limit": state.get("stopped_by_time_limit", False),
+        "hardware": meta["hardware"],
+    }
+
+
+def _done(state: dict, config: TrainConfig, deadline: float) -> bool:
+    if time.monotonic() > deadline:
+        state["stopped_by_time_limit"] = True
+        return True
     return bool(config.max_steps) and state["step"] >= config.max_steps
 
 
