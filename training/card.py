@@ -74,6 +74,7 @@ def card(manifest: dict, measured: dict, size: int) -> str:
             "ner_weight",
             "typed_markers",
             "keep_negatives",
+            "time_limit",
             "seed",
         )
         settings = ", ".join(f"{k} {config[k]}" for k in keys if k in config)
