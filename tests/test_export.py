@@ -15,6 +15,7 @@ from app.pipeline import Pipeline
 from app.text.brat import read_corpus
 from app.text.segment import segment
 from training.models import load_tagger, torch_tagger
+from training.variants import pipeline_for
 
 
 def test_bundle_is_complete_and_parity_holds(tiny_bundle: Path) -> None:
@@ -126,6 +127,22 @@ def test_default_bundle_checks_and_fits_the_budget() -> None:
     assert set(manifest["models"]) == {"ner", "re"}
     assert manifest["dev_metrics"], "the model card's dev figures belong in the manifest too"
     assert (DEFAULT / "README.md").is_file()
+
+
+@pytest.mark.skipif(
+    not (DEFAULT / "manifest.json").exists(), reason="models/default has not been exported yet"
+)
+def test_confident_entities_are_a_subset(corpus_dir: Path) -> None:
+    """`min_entity_prob` drops the entities the model is least sure of, and only those."""
+    manifest = read_manifest(DEFAULT)
+    pipe = pipeline_for(DEFAULT, manifest, manifest["default_variant"]["cpu"])
+    text = read_corpus(corpus_dir / "train_part_2")[0].text[:1500]
+    every = {e.span for e in pipe.extract("d", text, relations=False).entities}
+    pipe.min_entity_prob = 0.9
+    confident = {e.span for e in pipe.extract("d", text, relations=False).entities}
+    pipe.min_entity_prob = 1.01
+    assert len(every) > len(confident) > 0 and confident <= every
+    assert pipe.extract("d", text, relations=False).entities == []
 
 
 def test_sentences_longer_than_the_model_are_windowed(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.pipeline import span_prob
 from app.text.tags import (
     BIO_LABELS,
     RELATION_LABELS,
@@ -136,3 +137,11 @@ def test_pair_decision_averages_both_copies_in_one_frame() -> None:
     assert pair_relations({(0, 1): np.exp(none), (1, 0): np.exp(none)}, labels) == []
     # A partner only one copy could see is decided from that copy.
     assert pair_relations({(1, 0): np.exp(tsk)}, labels) == [WordRelation("TSK", 0, 1)]
+
+
+def test_span_probability_is_the_mean_of_its_tags() -> None:
+    labels = ("O", "B-ACT", "I-ACT")
+    tags = ["O", "B-ACT", "I-ACT"]
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.4, 0.5]])
+    assert span_prob(WordSpan("ACT", 1, 2), tags, probs, labels) == pytest.approx(0.6)
+    assert span_prob(WordSpan("ACT", 1, 1), tags, probs, labels) == pytest.approx(0.7)

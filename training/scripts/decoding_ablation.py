@@ -54,6 +54,11 @@ def main() -> None:
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--variant", default="fp16")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--entity-probs",
+        default="",
+        help="comma-separated minimum entity probabilities to try with viterbi/pair (e.g. 0.5,0.6,0.7)",
+    )
     args = parser.parse_args()
     manifest = read_manifest(args.bundle)
     dev = set(manifest["models"]["ner"]["dev_documents"])
@@ -62,8 +67,11 @@ def main() -> None:
     base.ner.run = cached(base.ner.run)
     base.re.run = cached(base.re.run)
     rows = []
-    for bio, pairs in itertools.product(("argmax", "viterbi"), ("either", "pair")):
-        pipe = Pipeline(ner=base.ner, re=base.re, bio=bio, pairs=pairs)
+    decodings = itertools.product(("argmax", "viterbi"), ("either", "pair"))
+    settings = [(bio, pairs, 0.0) for bio, pairs in decodings]
+    settings += [("viterbi", "pair", float(t)) for t in args.entity_probs.split(",") if t]
+    for bio, pairs, min_prob in settings:
+        pipe = Pipeline(ner=base.ner, re=base.re, bio=bio, pairs=pairs, min_entity_prob=min_prob)
         started = time.perf_counter()
         predicted = {d.name: pipe.extract(d.name, d.text) for d in gold}
         given = {d.name: pipe.relations_for(d.name, d.text, d.entities) for d in gold}
@@ -73,6 +81,7 @@ def main() -> None:
         row = {
             "bio": bio,
             "pairs": pairs,
+            "min_entity_prob": min_prob,
             **{
                 f"{k}_{m}": getattr(v, m)
                 for k, v in (("ner", ner), ("re_gold", re_gold), ("e2e", e2e))
@@ -82,7 +91,7 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{bio:8s} {pairs:7s} NER {ner.precision:.4f}/{ner.recall:.4f}/{ner.f1:.4f}  "
+            f"{bio:8s} {pairs:7s} >={min_prob:.2f} NER {ner.precision:.4f}/{ner.recall:.4f}/{ner.f1:.4f}  "
             f"RE-gold {re_gold.precision:.4f}/{re_gold.recall:.4f}/{re_gold.f1:.4f}  "
             f"e2e {e2e.precision:.4f}/{e2e.recall:.4f}/{e2e.f1:.4f}  ({row['seconds']} s)",
             flush=True,
