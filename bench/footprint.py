@@ -15,11 +15,9 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench.machine import describe, median, peak_rss_mb, rss_mb, write_result
-from bench.pipeline import ROOT
-from bench.systems import SYSTEMS
+from bench.systems import ROOT, SYSTEMS, add_system_args
 
 
 def child(args: argparse.Namespace) -> None:
@@ -53,15 +51,9 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.docs import DEFAULT_CORPUS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
-    ap.add_argument("--variant", default="auto")
-    ap.add_argument("--ner", type=Path, default=ROOT / "runs" / "ner" / "best")
-    ap.add_argument("--re", type=Path, default=ROOT / "runs" / "re" / "best")
-    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_system_args(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)

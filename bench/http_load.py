@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.docs import DEFAULT_CORPUS, corpus_texts, pages
+from bench.docs import corpus_texts, pages
 from bench.machine import RESULTS, describe, pid_rss_mb, write_result
-from bench.pipeline import ROOT
+from bench.systems import ROOT, add_system_args
 
 LOGS = Path(tempfile.gettempdir())  # the servers' logs; nothing in them belongs in the repository
 SENTENCE = "Рост валового регионального продукта в 2019 году составил 3,5 % по сравнению с 2018 годом."
@@ -200,10 +200,7 @@ def plot(levels: list[dict[str, Any]], device: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
-    ap.add_argument("--variant", default="auto")
-    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_system_args(ap, checkpoints=False)
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--level-requests", type=int, default=400, help="most requests per concurrency level")
     ap.add_argument("--level-seconds", type=float, default=60, help="longest time per concurrency level")

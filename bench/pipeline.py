@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 from app.schemas import EntityOut, ExtractResponse, ModelInfo, RelationOut
 from app.text.brat import Document
-from bench.docs import DEFAULT_CORPUS, corpus_texts, pages, typical, words
+from bench.docs import corpus_texts, pages, typical, words
 from bench.machine import describe, median, peak_flops, write_result
-from bench.systems import ABLATIONS, SYSTEMS, System, build
+from bench.systems import ABLATIONS, SYSTEMS, System, add_system_args, build
 
 STAGES = ("segmentation", "ner", "relations", "decoding", "serialisation")
-ROOT = Path(__file__).resolve().parents[1]
 INFO = ModelInfo(bundle="bench", variants={}, providers={}, relations=True, size_bytes=0)
 
 
@@ -80,12 +78,7 @@ def agreement(a: list[Document], b: list[Document]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
-    ap.add_argument("--variant", default="auto", help="bundle variant for ours (auto: int8 CPU, fp16 CUDA)")
-    ap.add_argument("--ner", type=Path, default=ROOT / "runs" / "ner" / "best", help="NER checkpoint")
-    ap.add_argument("--re", type=Path, default=ROOT / "runs" / "re" / "best", help="relation checkpoint")
-    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_system_args(ap)
     ap.add_argument("--docs", type=int, default=2, help="typical corpus documents per round")
     ap.add_argument("--pages", type=int, default=0, help="instead of --docs: this many pages of corpus text")
     ap.add_argument("--rounds", type=int, default=4)

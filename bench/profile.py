@@ -21,7 +21,7 @@ from app.bundle import CPU, Choice, onnx_tagger, read_manifest
 from app.pipeline import Pipeline, Tagger
 from bench.docs import DEFAULT_CORPUS, corpus_texts, pages
 from bench.machine import describe, write_result
-from bench.pipeline import ROOT
+from bench.systems import ROOT
 
 
 def main(argv: list[str] | None = None) -> int:

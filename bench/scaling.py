@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 from app.text.segment import segment
-from bench.docs import DEFAULT_CORPUS, corpus_texts, pages, words
+from bench.docs import corpus_texts, pages, words
 from bench.machine import RESULTS, describe, rss_mb, write_result
-from bench.pipeline import ROOT, run_docs
-from bench.systems import SYSTEMS, build
+from bench.pipeline import run_docs
+from bench.systems import SYSTEMS, add_system_args, build
 
 BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 7), (8, 11), (12, 99))
 
@@ -133,12 +132,7 @@ def plot(lengths: list[dict], entities: list[dict], device: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
-    ap.add_argument("--variant", default="auto")
-    ap.add_argument("--ner", type=Path, default=ROOT / "runs" / "ner" / "best")
-    ap.add_argument("--re", type=Path, default=ROOT / "runs" / "re" / "best")
-    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_system_args(ap)
     ap.add_argument("--pages", default="1,3,10,30,100")
     ap.add_argument("--baseline-pages", type=int, default=3, help="longest document for baseline (b)")
     ap.add_argument("--paper-pages", type=int, default=1, help="longest document for baseline (a)")

@@ -13,6 +13,7 @@ Every system's encoder calls are counted (calls, seconds, padded and real pieces
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from app.text.segment import segment
 from app.text.subwords import context_window, mark
 
 SYSTEMS = ("paper", "torch", "ours")
+ROOT = Path(__file__).resolve().parents[1]
 # Ablation: ours with the encoder batches of before the padding cap (length-sorted, up to 32 rows).
 ABLATIONS = ("ours-uncapped",)
 
@@ -205,3 +207,17 @@ def _lone_copy(tagger: Tagger, text: str, words: Sequence[tuple[int, int]], span
         tagger.pieces.lengths(marked), index[spans[0].first] - 1, index[spans[0].last] + 1, budget
     )
     run_batched(tagger, [tagger.pieces.encode(marked[lo:hi], tagger.spec.max_pieces)], "relation")
+
+
+def add_system_args(ap: argparse.ArgumentParser, checkpoints: bool = True) -> None:
+    """The options every benchmark shares: the bundle ours runs, the checkpoints the torch baselines run
+    (the same fine-tuned weights), the corpus and the device."""
+    from bench.docs import DEFAULT_CORPUS
+
+    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
+    ap.add_argument("--variant", default="auto", help="bundle variant for ours (auto: int8 CPU, fp16 CUDA)")
+    if checkpoints:
+        ap.add_argument("--ner", type=Path, default=ROOT / "runs" / "ner" / "best", help="NER checkpoint")
+        ap.add_argument("--re", type=Path, default=ROOT / "runs" / "re" / "best", help="relation checkpoint")
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
