@@ -88,6 +88,12 @@ def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
         if not model.get("variants"):
             problems.append(f"{where}: no variants")
         for vname, variant in model.get("variants", {}).items():
+            if "derive" in variant:
+                problems.extend(_derived_problems(where, vname, variant["derive"], model["variants"]))
+                continue
+            if "file" not in variant:
+                problems.append(f"{where}: variant {vname!r} names no file and no derivation")
+                continue
             path = root / variant["file"]
             if not path.is_file():
                 problems.append(f"{path}: ONNX file of variant {vname!r} missing")
@@ -111,6 +117,35 @@ def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
                             f"the manifest lists {len(model['labels'][head])} labels"
                         )
     return problems
+
+
+def _derived_problems(where: str, name: str, spec: dict[str, Any], variants: dict[str, Any]) -> list[str]:
+    from app.derive import METHODS
+
+    source = variants.get(spec.get("from"), {})
+    if "file" not in source:
+        return [
+            f"{where}: variant {name!r} derives from {spec.get('from')!r}, which the bundle does not ship"
+        ]
+    if spec.get("method") not in METHODS:
+        return [
+            f"{where}: variant {name!r}: unknown derivation {spec.get('method')!r}; this version knows "
+            f"{list(METHODS)}: upgrade the service or force another variant (RENERSANS_VARIANT)"
+        ]
+    return []
+
+
+def variant_file(
+    root: Path, manifest: dict[str, Any], model: str, variant: str, cache_dir: Path | None = None
+) -> Path:
+    """The ONNX file of `variant`: shipped in the bundle, or derived on this host and cached (app/derive)."""
+    info = manifest["models"][model]
+    entry = info["variants"][variant]
+    if "derive" not in entry:
+        return Path(root) / entry["file"]
+    from app.derive import cached_variant, default_cache_dir
+
+    return cached_variant(Path(root), model, variant, info, cache_dir or default_cache_dir())
 
 
 def _session(path: Path, providers: list[str], threads: int = 0):
@@ -160,13 +195,15 @@ def onnx_tagger(
     choice: Choice,
     threads: int = 0,
     io_binding: bool | None = None,
+    cache_dir: Path | None = None,
 ) -> Tagger:
     """A pipeline tagger running one ONNX file; input and output names come from the session itself.
 
-    `io_binding` (default: on CUDA) binds inputs and outputs to the device explicitly, one copy each way
-    per call, instead of letting `run` stage them through its own allocations."""
+    A derived variant is first made, or taken from `cache_dir` (app/derive.py). `io_binding` (default: on
+    CUDA) binds inputs and outputs to the device explicitly, one copy each way per call, instead of letting
+    `run` stage them through its own allocations."""
     info = manifest["models"][model]
-    path = Path(root) / info["variants"][choice.variant]["file"]
+    path = variant_file(root, manifest, model, choice.variant, cache_dir)
     try:
         session = _session(path, choice.providers, threads)
     except Exception as exc:  # onnxruntime raises its own exception types, not subclasses of OSError

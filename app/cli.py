@@ -76,7 +76,8 @@ def _export(args: argparse.Namespace) -> int:
 
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     sample = parity_sentences(args.ner, args.corpus)
-    bundle, timing = export_bundle(args.ner, args.re, args.bundle_dir, sample, variants)
+    derived = args.derive.split(",") if args.derive else []
+    bundle, timing = export_bundle(args.ner, args.re, args.bundle_dir, sample, variants, derived=derived)
     print(f"bundle written to {bundle} in {timing['export_seconds']:.1f} s")
     return 0
 
@@ -89,6 +90,32 @@ def _bundle_check(args: argparse.Namespace) -> int:
         print(f"- {p}")
     print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
+
+
+def _bundle_derive(args: argparse.Namespace) -> int:
+    import json
+
+    from app.bundle import MANIFEST, check_bundle, read_manifest, variant_file
+    from app.derive import declare, default_cache_dir
+
+    manifest = read_manifest(args.dir)
+    if args.declare:
+        declare(manifest, args.declare)
+        (args.dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        print(f"{args.dir / MANIFEST}: {args.declare} declared, derived from fp16, the CPU's default")
+    problems = check_bundle(args.dir)
+    if problems:
+        print("\n".join(f"- {p}" for p in problems))
+        return 1
+    cache = args.cache_dir or default_cache_dir()
+    derived = [
+        (m, v) for m, info in manifest["models"].items() for v, e in info["variants"].items() if "derive" in e
+    ]
+    for model, variant in derived:
+        print(f"{model} {variant}: {variant_file(args.dir, manifest, model, variant, cache)}")
+    if not derived:
+        print(f"{args.dir}: declares no derived variant (--declare int8 adds one)")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -201,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--re", type=Path, metavar="CHECKPOINT", help="the relation checkpoint")
     p.add_argument("--variants", help="comma-separated subset of fp32,optimized,int8,fp16 (default: all)")
     p.add_argument(
+        "--derive",
+        help="variants to declare, not ship, made on the serving host: int8 (from fp16; app/derive.py)",
+    )
+    p.add_argument(
         "--corpus",
         type=Path,
         default=Path("../shared/rurebus"),
@@ -212,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = bundle.add_parser("check", help="validate a bundle and say exactly what is wrong with it")
     p.add_argument("dir", type=Path)
     p.set_defaults(func=_bundle_check)
+    p = bundle.add_parser(
+        "derive",
+        help="make the bundle's derived variants (the CPU's int8, from fp16) into the cache ahead of serving",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--declare", choices=["int8"], help="first declare this variant in the manifest")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="default: $RENERSANS_CACHE_DIR, else ~/.cache/renersans (the service's)",
+    )
+    p.set_defaults(func=_bundle_derive)
     p = bundle.add_parser(
         "measure",
         help="each variant's size, dev F1 on the three tracks and CPU speed vs fp32 (training install)",

@@ -45,7 +45,9 @@ class Extractor:
             name: choose(self.manifest, name, settings.variant, settings.device) for name in models
         }
         taggers = {
-            name: onnx_tagger(root, self.manifest, name, choice, settings.threads)
+            name: onnx_tagger(
+                root, self.manifest, name, choice, settings.threads, cache_dir=settings.cache_dir
+            )
             for name, choice in self.choices.items()
         }
         self.batchers: list[BatchingRunner] = []

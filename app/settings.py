@@ -9,14 +9,21 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.bundle import default_bundle
+from app.derive import default_cache_dir
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RENERSANS_", env_file=".env", extra="ignore")
 
     bundle: Path = Field(default_factory=default_bundle, description="model bundle directory")
-    variant: str = Field("auto", description="bundle variant (fp32, optimized, int8, fp16) or auto")
+    variant: str = Field(
+        "auto", description="bundle variant (fp32, optimized, int8, fp16: shipped or derived) or auto"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="where variants derived on this host are kept (the CPU's int8, made from fp16 once)",
+    )
     require_gpu: bool = Field(False, description="not ready unless the models really run on CUDA")
     wait_for_bundle: bool = Field(
         False,

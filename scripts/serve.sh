@@ -3,8 +3,10 @@
 # the project's own files on first use. Extra arguments go to `renersans serve` (e.g. --port 9000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv-serve/bin/renersans ]; then
+# Installed again when pyproject.toml changes, so a pulled dependency reaches an existing environment.
+if [ ! -x .venv-serve/bin/renersans ] || [ pyproject.toml -nt .venv-serve/.installed ]; then
     python3 -m venv .venv-serve
     .venv-serve/bin/pip install --quiet --disable-pip-version-check -e '.[serve]'
+    touch .venv-serve/.installed
 fi
 exec .venv-serve/bin/renersans serve "$@"

@@ -10,6 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "rurebus"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def derived_variant_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Variants derived during the tests (the default bundle's int8: app/derive.py) go to a temporary
+    cache, shared by the tests and the services they start, never to the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("derived-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RENERSANS_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     """The RuREBus training corpus from ../shared; tests that need it skip where it is absent."""

@@ -44,7 +44,9 @@ def start(bundle: Path, *args: str, cwd: Path | None = None, **env: str) -> tupl
     nobody reads would fill and block the server), readable with `output(proc)`."""
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("RENERSANS_")}
-    environ = {**base, "RENERSANS_BUNDLE": str(bundle), **env}
+    # The tests' cache of derived variants (conftest.py) is passed on: a service never writes ~/.cache.
+    cache = {k: v for k, v in os.environ.items() if k == "RENERSANS_CACHE_DIR"}
+    environ = {**base, **cache, "RENERSANS_BUNDLE": str(bundle), **env}
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],

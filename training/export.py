@@ -2,8 +2,9 @@
 manifest, tokenizer and model card.
 
 Variants: `fp32` (as exported), `optimized` (ONNX Runtime's transformer fusions), `int8` (dynamic
-quantization of the optimized graph, for CPUs; see `quantization_exclusions`) and `fp16` (the optimized graph
-in half precision, for GPUs).
+quantization of the optimized graph, for CPUs; `app/derive.py`) and `fp16` (the optimized graph in half
+precision, for GPUs). `derived=("int8",)` ships no int8 file but declares it derived from fp16 on the host,
+which keeps a bundle with both a CPU and a GPU variant within one copy's size.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from app.bundle import CPU, CUDA, FORMAT, FORMAT_VERSION, MANIFEST, check_bundle, sha256
+from app.derive import declare, quantize_int8
 from app.errors import BundleError
 from app.text.subwords import WordPieces, marker_tokens
 from training.models import SequenceTagger, load_tagger
@@ -192,31 +194,9 @@ def _export(
     )
 
 
-def quantization_exclusions(graph) -> list[str]:
-    """MatMul nodes left in fp32 by the int8 variant: each layer's second feed-forward projection and the
-    tagging heads.
-
-    Dynamic quantization gives activations one int8 scale per tensor, and the GELU outputs feeding the
-    second projection have the widest range in the layer. Measured on the NER model's dev split
-    (training/RESULTS.md): quantizing everything lost 0.0074 F1, everything but the heads 0.0070, only
-    MatMuls (attention kept fp32) 0.0077, everything but these 0.0044, within the 0.005 a shipped variant
-    may lose."""
-    return [
-        n.name
-        for n in graph.node
-        if n.op_type == "MatMul"
-        and (
-            (n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name)
-            or not n.name.startswith("/model/encoder/")
-        )
-    ]
-
-
 def _optimized_variants(
     fp32: Path, target: Path, heads: int, hidden: int, variants: Sequence[str]
 ) -> dict[str, Path]:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
     files = {}
@@ -226,15 +206,7 @@ def _optimized_variants(
     files["optimized"] = opt_path
     if "int8" in variants:
         int8 = target / "model.int8.onnx"
-        # The fused operators are outside ONNX's shape inference; their outputs are float32.
-        quantize_dynamic(
-            str(opt_path),
-            str(int8),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            nodes_to_exclude=quantization_exclusions(optimized.model.graph),
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        quantize_int8(opt_path, int8)
         files["int8"] = int8
     if "fp16" in variants:
         optimized.convert_float_to_float16(keep_io_types=True)
@@ -277,8 +249,11 @@ def export_bundle(
     sample: Sequence[Sequence[str]],
     variants: Sequence[str] = VARIANTS,
     default_variant: dict[str, str] | None = None,
+    derived: Sequence[str] = (),
 ) -> tuple[Path, dict[str, float]]:
-    """Export the NER (and relation) checkpoints into one bundle; returns it and the export seconds."""
+    """Export the NER (and relation) checkpoints into one bundle; returns it and the export seconds.
+
+    `derived` variants are declared in the manifest, made on the serving host (app/derive.py)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -291,5 +266,9 @@ def export_bundle(
         "cpu": "int8" if "int8" in variants else variants[0],
         "cuda": "fp16" if "fp16" in variants else variants[0],
     }
-    write_bundle(out_dir, models, default)
+    # Shares the models' info dicts: declaring a variant adds it to them.
+    manifest = {"models": {m.name: m.info for m in models}, "default_variant": default}
+    for variant in derived:
+        declare(manifest, variant)
+    write_bundle(out_dir, models, manifest["default_variant"])
     return out_dir, {"export_seconds": time.perf_counter() - started}

@@ -4,7 +4,7 @@ pipeline and CPU speed against fp32 in the same run (interleaved rounds, medians
     renersans export runs/ner/best /tmp/b-ner --variants fp32,optimized
     python -m training.scripts.int8_ablation /tmp/b-ner ../shared/rurebus --json runs/int8-ablation.json
 
-The exporter's int8 variant uses the scheme this chose (training/export.py: quantization_exclusions).
+The exporter's int8 variant uses the scheme this chose (app/derive.py: quantization_exclusions).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from app.bundle import read_manifest
+from app.derive import quantization_exclusions
 from app.text.brat import read_corpus
-from training.export import quantization_exclusions
 from training.variants import dev_scores, pipeline_for, speed
 
 

@@ -1,0 +1,196 @@
+"""Variants a bundle derives on the host instead of shipping: `int8` for the CPU, made from the `fp16` file.
+
+The default bundle has room for one copy of each model within its size budget, and fp16 is the copy that
+serves a GPU. On a CPU, int8 runs 1.44x faster at dev F1 within 0.005 (training/RESULTS.md), so the
+manifest may declare `"int8": {"derive": {"from": "fp16", "method": "int8-dynamic"}}` and the host makes
+it on first use: the fp16 graph widened to fp32 (every fp16 value is exact in fp32), then the same dynamic
+quantization the exporter applies (`quantize_int8`, one implementation for both). The result is cached
+under a key of the source file's checksum, the method and ONNX Runtime's version, so later starts load it
+directly; `renersans bundle derive` makes it ahead of time (the CPU image does so at build time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from app.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("int8-dynamic",)
+# The variants a bundle can declare instead of shipping, as their manifest entries.
+DERIVABLE = {
+    "int8": {
+        "derive": {"from": "fp16", "method": "int8-dynamic"},
+        "precision": "int8 weights",
+        "providers": ["CPUExecutionProvider"],
+    }
+}
+# Bump when the derivation changes, so that caches made by the old one are not reused.
+DERIVE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """$RENERSANS_CACHE_DIR, else $XDG_CACHE_HOME/renersans, else ~/.cache/renersans."""
+    if os.environ.get("RENERSANS_CACHE_DIR"):
+        return Path(os.environ["RENERSANS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "renersans"
+
+
+def quantization_exclusions(graph: Any) -> list[str]:
+    """MatMul nodes left in fp32 by the int8 variant: each layer's second feed-forward projection and the
+    tagging heads.
+
+    Dynamic quantization gives activations one int8 scale per tensor, and the GELU outputs feeding the
+    second projection have the widest range in the layer. Measured on the NER model's dev split
+    (training/RESULTS.md): quantizing everything lost 0.0074 F1, everything but the heads 0.0070, only
+    MatMuls (attention kept fp32) 0.0077, everything but these 0.0044, within the 0.005 a shipped variant
+    may lose."""
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and (
+            (n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name)
+            or not n.name.startswith("/model/encoder/")
+        )
+    ]
+
+
+def quantize_int8(fp32_path: Path, out_path: Path) -> None:
+    """Dynamic int8 quantization of an fp32 graph (optimized or not), per channel, with the exclusions."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    # The quantizer advises static pre-processing on the root logger at every call; this scheme was
+    # measured without it (training/RESULTS.md), so the advice is kept out of the service's log.
+    root = logging.getLogger()
+    root.addFilter(_no_preprocessing_advice)
+    try:
+        quantize_dynamic(
+            str(fp32_path),
+            str(out_path),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=quantization_exclusions(graph),
+            # The fused operators are outside ONNX's shape inference; their outputs are float32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.removeFilter(_no_preprocessing_advice)
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Please consider to run pre-processing")
+
+
+def widen_to_fp32(model: Any) -> Any:
+    """The fp16 graph in fp32, in place: initializers, constants, casts and declared types.
+
+    The exporter's fp16 graph is its fp32 graph with every float tensor halved and casts at the outputs
+    (`keep_io_types`), so widening each fp16 value gives the fp32 graph back with fp16-rounded weights."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    fp16, fp32 = TensorProto.FLOAT16, TensorProto.FLOAT
+
+    def widen(tensor: Any) -> None:
+        if tensor.data_type == fp16:
+            tensor.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+            )
+
+    graph = model.graph
+    for tensor in graph.initializer:
+        widen(tensor)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == attr.TENSOR:
+                widen(attr.t)
+            elif attr.name == "to" and node.op_type == "Cast" and attr.i == fp16:
+                attr.i = fp32
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.tensor_type.elem_type == fp16:
+            value.type.tensor_type.elem_type = fp32
+    return model
+
+
+def derive(source: Path, method: str, out_path: Path) -> None:
+    """Make the derived variant `method` of the ONNX file `source` at `out_path`."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise BundleError(
+            "deriving the int8 variant needs the `onnx` package, which the `serve` extra installs: "
+            "`pip install -e '.[serve]'` again, or set RENERSANS_VARIANT=fp16"
+        ) from exc
+
+    if method not in METHODS:
+        raise BundleError(f"unknown derivation {method!r}; this version knows {list(METHODS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        wide = Path(tmp) / "model.fp32.onnx"
+        onnx.save(widen_to_fp32(onnx.load(str(source))), str(wide))
+        quantize_int8(wide, out_path)
+
+
+def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], cache_dir: Path) -> Path:
+    """The file of a derived variant: from the cache, or derived now (seconds) and cached."""
+    import onnxruntime as ort
+
+    spec = info["variants"][variant]["derive"]
+    source = info["variants"].get(spec["from"])
+    if source is None or "file" not in source:
+        raise BundleError(
+            f"{root}: variant {variant!r} of {model!r} derives from {spec['from']!r}, not shipped"
+        )
+    key = f"{source['sha256'][:16]}-{spec['method']}-v{DERIVE_VERSION}-ort{ort.__version__}"
+    path = Path(cache_dir) / f"{model}.{variant}.{key}.onnx"
+    if path.is_file():
+        return path
+    started = time.perf_counter()
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        # Written beside its final name and renamed, so a crash or a second process never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+        os.close(fd)
+    except OSError as exc:
+        raise BundleError(
+            f"cannot write the derived {variant} variant of {model!r} to {cache_dir} ({exc}): set "
+            f"RENERSANS_CACHE_DIR to a writable directory, or RENERSANS_VARIANT={spec['from']}"
+        ) from exc
+    try:
+        derive(root / source["file"], spec["method"], Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a service running as another user
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    log.info(
+        "model %s: derived %s from %s in %.1f s -> %s",
+        model,
+        variant,
+        spec["from"],
+        time.perf_counter() - started,
+        path,
+    )
+    return path
+
+
+def declare(manifest: dict[str, Any], variant: str) -> dict[str, Any]:
+    """`manifest` with `variant` declared derived in every model, and made the CPU's default."""
+    if variant not in DERIVABLE:
+        raise BundleError(f"variant {variant!r} cannot be derived; these can: {sorted(DERIVABLE)}")
+    source = DERIVABLE[variant]["derive"]["from"]
+    for name, model in manifest["models"].items():
+        if "file" not in model["variants"].get(source, {}):
+            raise BundleError(f"model {name!r} ships no {source} file to derive {variant} from")
+        model["variants"][variant] = json.loads(json.dumps(DERIVABLE[variant]))
+    manifest.setdefault("default_variant", {})["cpu"] = variant
+    return manifest
