@@ -163,3 +163,21 @@ def test_sentences_longer_than_the_model_are_windowed(
     # Entities are found beyond the first window: nothing after it was cut off.
     first_window_end = sentences[0].words[manifest["models"]["ner"]["max_pieces"] // 2][0]
     assert any(e.start > 2 * first_window_end for e in doc.entities)
+
+
+@pytest.mark.skipif(
+    not (DEFAULT / "manifest.json").exists(), reason="models/default has not been exported yet"
+)
+def test_given_entities_read_every_copy(corpus_dir: Path) -> None:
+    """Track 2 (`relations_for`) keeps what either copy of a pair reads (`pairs_given`); the end-to-end
+    pipeline keeps one decision per pair. On real text with its gold entities the union finds more."""
+    manifest = read_manifest(DEFAULT)
+    pipe = pipeline_for(DEFAULT, manifest, "fp16")
+    doc = read_corpus(corpus_dir / "train_part_2")[1]
+    cut = 3000
+    entities = [e for e in doc.entities if e.end <= cut]
+    either = set(relation_keys(pipe.relations_for("d", doc.text[:cut], entities)))
+    pipe.pairs_given = "pair"
+    paired = set(relation_keys(pipe.relations_for("d", doc.text[:cut], entities)))
+    assert pipe.pairs == "pair" and len(paired) > 5
+    assert len(either) > len(paired) and len(paired & either) >= 0.9 * len(paired), (paired, either)

