@@ -139,6 +139,17 @@ def test_pair_decision_averages_both_copies_in_one_frame() -> None:
     assert pair_relations({(1, 0): np.exp(tsk)}, labels) == [WordRelation("TSK", 0, 1)]
 
 
+def test_none_weight_trades_no_relation_for_the_best_type() -> None:
+    labels = RELATION_LABELS
+    # 'No relation' at 0.5 against GOL at 0.4 in both copies: kept out at weight 1, in below 0.8.
+    one = np.exp(_logprobs([{"0": 0.5, "GOL:2": 0.4}], labels)[0])
+    other = np.exp(_logprobs([{"0": 0.5, "GOL:1": 0.4}], labels)[0])
+    readings = {(0, 1): one, (1, 0): other}
+    assert pair_relations(readings, labels) == []
+    assert pair_relations(readings, labels, none_weight=0.85) == []
+    assert pair_relations(readings, labels, none_weight=0.7) == [WordRelation("GOL", 0, 1)]
+
+
 def test_span_probability_is_the_mean_of_its_tags() -> None:
     labels = ("O", "B-ACT", "I-ACT")
     tags = ["O", "B-ACT", "I-ACT"]

@@ -1,6 +1,7 @@
 """Decoding choices measured on the dev split with one model pass: every encoder row is computed once and
 cached, so each decoding (BIO argmax vs Viterbi; relation pairs read from either copy vs one decision per
-pair) is scored on the same logits.
+pair; a bar on entity probability; a bias towards `O` and a weight of 'no relation') is scored on the same
+logits.
 
     python -m training.scripts.decoding_ablation models/default ../shared/rurebus --json runs/decoding.json
 """
@@ -59,6 +60,13 @@ def main() -> None:
         default="",
         help="comma-separated minimum entity probabilities to try with viterbi/pair (e.g. 0.5,0.6,0.7)",
     )
+    parser.add_argument(
+        "--o-biases", default="", help="comma-separated O log-probability biases to try with viterbi/pair"
+    )
+    parser.add_argument(
+        "--none-weights", default="", help="comma-separated weights of 'no relation' to try with each bias"
+    )
+    parser.add_argument("--skip-standard", action="store_true", help="only the biases and bars above")
     args = parser.parse_args()
     manifest = read_manifest(args.bundle)
     dev = set(manifest["models"]["ner"]["dev_documents"])
@@ -67,12 +75,22 @@ def main() -> None:
     base.ner.run = cached(base.ner.run)
     base.re.run = cached(base.re.run)
     rows = []
-    decodings = itertools.product(("argmax", "viterbi"), ("either", "pair"))
-    settings = [(bio, pairs, 0.0) for bio, pairs in decodings]
-    settings += [("viterbi", "pair", float(t)) for t in args.entity_probs.split(",") if t]
-    for bio, pairs, min_prob in settings:
+    floats = lambda text: [float(t) for t in text.split(",") if t]  # noqa: E731
+    decodings = [] if args.skip_standard else itertools.product(("argmax", "viterbi"), ("either", "pair"))
+    # The standard rows and the bars keep 'no relation' at weight 1, as they were first measured.
+    settings = [(bio, pairs, 0.0, 0.0, 1.0) for bio, pairs in decodings]
+    settings += [("viterbi", "pair", t, 0.0, 1.0) for t in floats(args.entity_probs)]
+    grid = itertools.product(floats(args.o_biases) or [0.0], floats(args.none_weights) or [1.0])
+    settings += [("viterbi", "pair", 0.0, b, w) for b, w in grid if args.o_biases or args.none_weights]
+    for bio, pairs, min_prob, o_bias, none_weight in settings:
         pipe = Pipeline(
-            ner=base.ner, re=base.re, bio=bio, pairs=pairs, pairs_given=pairs, min_entity_prob=min_prob
+            ner=base.ner,
+            re=base.re,
+            bio=bio,
+            pairs=pairs,
+            min_entity_prob=min_prob,
+            o_bias=o_bias,
+            none_weight=none_weight,
         )
         started = time.perf_counter()
         predicted = {d.name: pipe.extract(d.name, d.text) for d in gold}
@@ -84,6 +102,8 @@ def main() -> None:
             "bio": bio,
             "pairs": pairs,
             "min_entity_prob": min_prob,
+            "o_bias": o_bias,
+            "none_weight": none_weight,
             **{
                 f"{k}_{m}": getattr(v, m)
                 for k, v in (("ner", ner), ("re_gold", re_gold), ("e2e", e2e))
@@ -93,7 +113,8 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{bio:8s} {pairs:7s} >={min_prob:.2f} NER {ner.precision:.4f}/{ner.recall:.4f}/{ner.f1:.4f}  "
+            f"{bio:8s} {pairs:7s} >={min_prob:.2f} O{o_bias:+.2f} none*{none_weight:.2f} "
+            f"NER {ner.precision:.4f}/{ner.recall:.4f}/{ner.f1:.4f}  "
             f"RE-gold {re_gold.precision:.4f}/{re_gold.recall:.4f}/{re_gold.f1:.4f}  "
             f"e2e {e2e.precision:.4f}/{e2e.recall:.4f}/{e2e.f1:.4f}  ({row['seconds']} s)",
             flush=True,
