@@ -178,7 +178,11 @@ def choose(manifest: dict[str, Any], model: str, variant: str = "auto", device: 
     use_cuda = has_cuda and device in ("auto", "cuda")
     target = "cuda" if use_cuda else "cpu"
     if variant == "auto":
-        variant = manifest.get("default_variant", {}).get(target) or next(iter(variants))
+        # One variant for every model, or one per model ({"ner": "fp16", "re": "int8"}).
+        default = manifest.get("default_variant", {}).get(target)
+        if isinstance(default, dict):
+            default = default.get(model)
+        variant = default or next(iter(variants))
         reason = f"default {target} variant"
     else:
         reason = "configured"

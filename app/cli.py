@@ -100,9 +100,13 @@ def _bundle_derive(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.dir)
     if args.declare:
-        declare(manifest, args.declare)
+        models = args.cpu_default_for.split(",") if args.cpu_default_for else None
+        declare(manifest, args.declare, models)
         (args.dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        print(f"{args.dir / MANIFEST}: {args.declare} declared, derived from fp16, the CPU's default")
+        print(
+            f"{args.dir / MANIFEST}: {args.declare} declared, derived from fp16; CPU default "
+            f"{manifest['default_variant']['cpu']}"
+        )
     problems = check_bundle(args.dir)
     if problems:
         print("\n".join(f"- {p}" for p in problems))
@@ -250,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--declare", choices=["int8"], help="first declare this variant in the manifest")
     p.add_argument(
+        "--cpu-default-for",
+        metavar="MODELS",
+        help="with --declare: comma-separated models whose CPU default it becomes (default: all)",
+    )
+    p.add_argument(
         "--cache-dir",
         type=Path,
         help="default: $RENERSANS_CACHE_DIR, else ~/.cache/renersans (the service's)",
@@ -263,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--corpus", type=Path, default=Path("../shared/rurebus"), help="holds the bundle's dev documents"
     )
-    p.add_argument("--variants", help="comma-separated subset (default: all in the bundle)")
+    p.add_argument(
+        "--variants",
+        help="comma-separated subset (default: all in the bundle); cpu-default: each model's CPU default",
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--record", action="store_true", help="store the figures in the manifest and model card")
     p.set_defaults(func=_bundle_measure)

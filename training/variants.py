@@ -10,15 +10,27 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from app.bundle import CPU, Choice, onnx_tagger, read_manifest, variant_file
+from app.bundle import CPU, Choice, choose, onnx_tagger, read_manifest, variant_file
 from app.metric import evaluate
 from app.pipeline import Pipeline
 from app.text.brat import Document, read_corpus
 
+CPU_DEFAULT = "cpu-default"
+
+
+def variant_of(manifest: dict, spec: str) -> dict[str, str]:
+    """Each model's variant: `spec` for all, or with "cpu-default" the one the service picks on a CPU."""
+    if spec == CPU_DEFAULT:
+        return {name: choose(manifest, name, device="cpu").variant for name in manifest["models"]}
+    return dict.fromkeys(manifest["models"], spec)
+
 
 def pipeline_for(bundle: Path, manifest: dict, variant: str, threads: int = 0) -> Pipeline:
-    choice = Choice(variant, [CPU], "measured")
-    taggers = {name: onnx_tagger(bundle, manifest, name, choice, threads) for name in manifest["models"]}
+    picked = variant_of(manifest, variant)
+    taggers = {
+        name: onnx_tagger(bundle, manifest, name, Choice(picked[name], [CPU], "measured"), threads)
+        for name in manifest["models"]
+    }
     return Pipeline(ner=taggers["ner"], re=taggers.get("re"))
 
 
@@ -64,9 +76,15 @@ def measure(bundle: Path, corpus: Path, variants: Sequence[str] | None = None, s
     result: dict = {"dev_documents": len(gold), "variants": {}}
     for v in variants:
         # A derived variant's bytes are those of its file in the cache, which the bundle does not hold.
-        size = sum(variant_file(bundle, manifest, m, v).stat().st_size for m in manifest["models"])
-        derived = any("derive" in m["variants"][v] for m in manifest["models"].values())
-        result["variants"][v] = {"bytes": size, "derived": derived, "dev": dev_scores(pipes[v], gold, v)}
+        picked = variant_of(manifest, v)
+        size = sum(variant_file(bundle, manifest, m, x).stat().st_size for m, x in picked.items())
+        derived = any("derive" in manifest["models"][m]["variants"][x] for m, x in picked.items())
+        result["variants"][v] = {
+            "models": picked,
+            "bytes": size,
+            "derived": derived,
+            "dev": dev_scores(pipes[v], gold, v),
+        }
     # Speed on a few dev documents, the shortest first so the run stays bounded.
     sample = sorted(gold, key=lambda d: len(d.text))[:speed_docs]
     seconds = speed(pipes, sample)
@@ -90,7 +108,9 @@ def table(result: dict) -> str:
     for v, r in result["variants"].items():
         d = r["dev"]
         ratio = f"{r['speed_ratio']:.2f}x" if r.get("speed_ratio") else "not measured"
-        name = f"{v} (derived)" if r.get("derived") else v
+        models = r.get("models", {})
+        name = " + ".join(f"{m} {x}" for m, x in models.items()) if len(set(models.values())) > 1 else v
+        name += " (derived)" if r.get("derived") else ""
         rows.append(
             f"| {name} | {r['bytes'] / 1e6:.1f} | {d['ner']:.4f} | {d.get('re_gold', float('nan')):.4f} | "
             f"{d.get('end_to_end', float('nan')):.4f} | {r['words_per_s']:.0f} | {ratio} |"
