@@ -58,6 +58,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    (Path(root) / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
 def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
     """Every problem with the bundle at `root`, as sentences naming the file; empty when it is sound."""
     root = Path(root)

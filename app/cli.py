@@ -93,16 +93,14 @@ def _bundle_check(args: argparse.Namespace) -> int:
 
 
 def _bundle_derive(args: argparse.Namespace) -> int:
-    import json
-
-    from app.bundle import MANIFEST, check_bundle, read_manifest, variant_file
+    from app.bundle import MANIFEST, check_bundle, read_manifest, variant_file, write_manifest
     from app.derive import declare, default_cache_dir
 
     manifest = read_manifest(args.dir)
     if args.declare:
         models = args.cpu_default_for.split(",") if args.cpu_default_for else None
         declare(manifest, args.declare, models)
-        (args.dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        write_manifest(args.dir, manifest)
         print(
             f"{args.dir / MANIFEST}: {args.declare} declared, derived from fp16; CPU default "
             f"{manifest['default_variant']['cpu']}"

@@ -12,7 +12,7 @@ source file's checksum, the method and ONNX Runtime's version, so later starts l
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import os
 import tempfile
@@ -198,7 +198,7 @@ def declare(
     for name, model in manifest["models"].items():
         if "file" not in model["variants"].get(source, {}):
             raise BundleError(f"model {name!r} ships no {source} file to derive {variant} from")
-        model["variants"][variant] = json.loads(json.dumps(DERIVABLE[variant]))
+        model["variants"][variant] = copy.deepcopy(DERIVABLE[variant])
     models = list(manifest["models"])
     chosen = models if cpu_default_for is None else list(cpu_default_for)
     unknown = sorted(set(chosen) - set(models))

@@ -183,10 +183,7 @@ class Pipeline:
         return spans
 
     def relations(
-        self,
-        text: str,
-        sentences: Sequence[Sentence],
-        spans: Sequence[Sequence[WordSpan]],
+        self, text: str, sentences: Sequence[Sentence], spans: Sequence[Sequence[WordSpan]]
     ) -> list[list[WordRelation]]:
         """Relations per sentence: one marked copy per entity, all copies of the document batched together."""
         if self.re is None:

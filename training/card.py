@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from app.bundle import MANIFEST, bundle_size, read_manifest
+from app.bundle import bundle_size, read_manifest, write_manifest
 from app.pipeline import Pipeline
 from training.variants import CPU_DEFAULT, table
 
@@ -31,7 +30,7 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
             "none_weight": Pipeline.none_weight,
         },
     }
-    (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    write_manifest(bundle, manifest)
     (bundle / "README.md").write_text(card(manifest, measured, bundle_size(bundle)) + notes)
 
 

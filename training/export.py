@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.bundle import CPU, CUDA, FORMAT, FORMAT_VERSION, MANIFEST, check_bundle, sha256
+from app.bundle import CPU, CUDA, FORMAT, FORMAT_VERSION, check_bundle, sha256, write_manifest
 from app.derive import declare, quantize_int8
 from app.errors import BundleError
 from app.text.subwords import WordPieces, marker_tokens
@@ -233,7 +233,7 @@ def write_bundle(
         "default_variant": default_variant,
         "dev_metrics": dev_metrics or {},
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    write_manifest(out_dir, manifest)
     if card:
         (out_dir / "README.md").write_text(card)
     problems = check_bundle(out_dir)
