@@ -93,7 +93,7 @@ def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
             problems.append(f"{where}: no variants")
         for vname, variant in model.get("variants", {}).items():
             if "derive" in variant:
-                problems.extend(_derived_problems(where, vname, variant["derive"], model["variants"]))
+                problems.extend(_derived_problems(root, where, vname, variant["derive"], model["variants"]))
                 continue
             if "file" not in variant:
                 problems.append(f"{where}: variant {vname!r} names no file and no derivation")
@@ -123,7 +123,9 @@ def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
     return problems
 
 
-def _derived_problems(where: str, name: str, spec: dict[str, Any], variants: dict[str, Any]) -> list[str]:
+def _derived_problems(
+    root: Path, where: str, name: str, spec: dict[str, Any], variants: dict[str, Any]
+) -> list[str]:
     from app.derive import METHODS
 
     source = variants.get(spec.get("from"), {})
@@ -136,6 +138,12 @@ def _derived_problems(where: str, name: str, spec: dict[str, Any], variants: dic
             f"{where}: variant {name!r}: unknown derivation {spec.get('method')!r}; this version knows "
             f"{list(METHODS)}: upgrade the service or force another variant (RENERSANS_VARIANT)"
         ]
+    if spec.get("method") == "int8-smooth" or spec.get("calibration"):
+        path = root / spec.get("calibration", "")
+        if not spec.get("calibration") or not path.is_file():
+            return [f"{where}: variant {name!r} needs the calibration file {path}, missing: restore it"]
+        if spec.get("calibration_sha256") and sha256(path) != spec["calibration_sha256"]:
+            return [f"{path}: checksum differs from the manifest (corrupt or replaced)"]
     return []
 
 

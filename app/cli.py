@@ -155,6 +155,16 @@ def _annotate(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _bundle_calibrate(args: argparse.Namespace) -> int:
+    from training.calibrate import calibrate
+
+    written = calibrate(args.dir, args.corpus, args.documents, args.seed)
+    for model, path in written.items():
+        print(f"{model}: activation maxima in {path}; int8 now derives by int8-smooth")
+    print(f"`renersans bundle derive {args.dir}` makes the int8 files; `bundle measure` gives their dev F1")
+    return 0
+
+
 def _bundle_measure(args: argparse.Namespace) -> int:
     import json
 
@@ -262,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: $RENERSANS_CACHE_DIR, else ~/.cache/renersans (the service's)",
     )
     p.set_defaults(func=_bundle_derive)
+    p = bundle.add_parser(
+        "calibrate",
+        help="record activation maxima on training documents for a smoothed int8 (training install)",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument(
+        "--corpus", type=Path, default=Path("../shared/rurebus"), help="training documents (dev ones skipped)"
+    )
+    p.add_argument("--documents", type=int, default=16, help="documents to record on")
+    p.add_argument("--seed", type=int, default=13, help="which documents")
+    p.set_defaults(func=_bundle_calibrate)
     p = bundle.add_parser(
         "measure",
         help="each variant's size, dev F1 on the three tracks and CPU speed vs fp32 (training install)",

@@ -1,13 +1,21 @@
 """Variants a bundle derives on the host instead of shipping: `int8` for the CPU, made from the `fp16` file.
 
 The default bundle has room for one copy of each model within its size budget, and fp16 is the copy that
-serves a GPU. On a CPU its relation model, the one run once per entity, makes the pipeline 1.27x faster in
-int8 at dev F1 within 0.005 (training/RESULTS.md), so the manifest may declare
-`"int8": {"derive": {"from": "fp16", "method": "int8-dynamic"}}` and the host makes it on first use: the
-fp16 graph widened to fp32 (every fp16 value is exact in fp32), then the same dynamic quantization the
-exporter applies (`quantize_int8`, one implementation for both). The result is cached under a key of the
-source file's checksum, the method and ONNX Runtime's version, so later starts load it directly;
-`renersans bundle derive` makes it ahead of time (the CPU image does so at build time).
+serves a GPU. On a CPU int8 runs faster at dev F1 within 0.005 (training/RESULTS.md), so the manifest may
+declare `"int8": {"derive": {"from": "fp16", "method": ...}}` and the host makes it on first use: the fp16
+graph widened to fp32 (every fp16 value is exact in fp32), then dynamic int8 quantization (`quantize_int8`,
+one implementation for the exporter and the host). Two methods:
+
+- `int8-dynamic`: the graph as it is, each layer's second feed-forward projection kept in fp32.
+- `int8-smooth`: first SmoothQuant (Xiao et al., 2023, `smooth`): each quantized product's input channels
+  divided by a per-channel factor and its weight rows multiplied by it, exact in fp32, so that a few
+  channels with outliers no longer set the int8 scale of the whole tensor. The factors come from activation
+  maxima recorded on training documents (`activation_maxima`, `renersans bundle calibrate`) and shipped in
+  the bundle; with them every encoder product is quantized, the feed-forward projections included.
+
+The result is cached under a key of the source file's checksum, the method (and calibration) and ONNX
+Runtime's version, so later starts load it directly; `renersans bundle derive` makes it ahead of time (the
+CPU image does so at build time).
 """
 
 from __future__ import annotations
@@ -17,16 +25,23 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from app.bundle import sha256
 from app.errors import BundleError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("int8-dynamic",)
+METHODS = ("int8-dynamic", "int8-smooth")
+# SmoothQuant's migration strength: the share of an input channel's range moved into the weights. Chosen on
+# relation and entity batches of training and dev documents (closest logits to fp32 of 0.5 to 0.95) and
+# checked on dev F1 (training/RESULTS.md).
+SMOOTH_ALPHA = 0.75
+CALIBRATION_FILE = "calibration.npz"
 # The variants a bundle can declare instead of shipping, as their manifest entries.
 DERIVABLE = {
     "int8": {
@@ -47,27 +62,103 @@ def default_cache_dir() -> Path:
     return Path(base) / "renersans"
 
 
-def quantization_exclusions(graph: Any) -> list[str]:
-    """MatMul nodes left in fp32 by the int8 variant: each layer's second feed-forward projection and the
-    tagging heads.
+def quantization_exclusions(graph: Any, smoothed: bool = False) -> list[str]:
+    """MatMul nodes left in fp32 by the int8 variant: the tagging heads, and unless the graph is smoothed
+    each layer's second feed-forward projection.
 
     Dynamic quantization gives activations one int8 scale per tensor, and the GELU outputs feeding the
     second projection have the widest range in the layer. Measured on the NER model's dev split
     (training/RESULTS.md): quantizing everything lost 0.0074 F1, everything but the heads 0.0070, only
     MatMuls (attention kept fp32) 0.0077, everything but these 0.0044, within the 0.005 a shipped variant
-    may lose."""
+    may lose. Smoothing tames those ranges, and then the projections, a third of the encoder's products,
+    run in int8 too."""
     return [
         n.name
         for n in graph.node
         if n.op_type == "MatMul"
         and (
-            (n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name)
-            or not n.name.startswith("/model/encoder/")
+            not n.name.startswith("/model/encoder/")
+            or (not smoothed and n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name)
         )
     ]
 
 
-def quantize_int8(fp32_path: Path, out_path: Path) -> None:
+def smoothing_targets(graph: Any) -> list[Any]:
+    """The products int8 quantizes in the encoder: each MatMul (in the optimized graph: attention's output
+    projection and both feed-forward projections) and the fused attention's packed input projection. Each
+    reads its activations as input 0 and its weight, [input channels, outputs], as input 1."""
+    return [
+        n
+        for n in graph.node
+        if n.op_type == "Attention" or (n.op_type == "MatMul" and n.name.startswith("/model/encoder/"))
+    ]
+
+
+def activation_maxima(model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per input channel, the largest |activation| each smoothing target reads, over the real (unmasked)
+    pieces of `batches` run through the fp32 `model` (an onnx ModelProto, not changed)."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = copy.deepcopy(model)
+    names = sorted({n.input[0] for n in smoothing_targets(probe.graph)})
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in session.get_inputs()]
+    maxima: dict[str, np.ndarray] = {}
+    for ids, mask in batches:
+        values = session.run(names, dict(zip(inputs, (ids, mask), strict=True)))
+        real = mask.astype(bool)
+        for name, x in zip(names, values, strict=True):
+            rows = x[real] if x.shape[:2] == real.shape else x.reshape(-1, x.shape[-1])
+            top = np.abs(rows).max(0)
+            maxima[name] = top if name not in maxima else np.maximum(maxima[name], top)
+    return maxima
+
+
+def smooth(model: Any, maxima: dict[str, np.ndarray], alpha: float = SMOOTH_ALPHA) -> Any:
+    """SmoothQuant, in place on an fp32 graph: for each target with recorded maxima, input channel j is
+    divided by s_j = max|x_j|^alpha / max|w_j|^(1 - alpha) (a `Mul` before the product) and the weight's
+    row j multiplied by it. In exact arithmetic the outputs do not change; what changes is that an outlier
+    channel no longer stretches the one int8 scale its whole tensor gets."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    targets = {id(n) for n in smoothing_targets(graph)}
+    nodes = []
+    for node in graph.node:
+        # A weight shared with another node (tied embeddings) cannot be rescaled for one of them alone.
+        if id(node) in targets and node.input[0] in maxima and uses.get(node.input[1]) == 1:
+            tensor = weights.get(node.input[1])
+            if tensor is not None:
+                w = numpy_helper.to_array(tensor)
+                floor = np.float32(1e-5)
+                scale = np.maximum(maxima[node.input[0]], floor) ** alpha / np.maximum(
+                    np.abs(w).max(1), floor
+                ) ** (1 - alpha)
+                scale = scale.astype(np.float32)
+                tensor.CopyFrom(numpy_helper.from_array(w * scale[:, None], tensor.name))
+                inverse = numpy_helper.from_array(1 / scale, f"{node.name}/smooth/inverse")
+                graph.initializer.append(inverse)
+                out = f"{node.name}/smooth/output"
+                mul = helper.make_node("Mul", [node.input[0], inverse.name], [out], f"{node.name}/smooth")
+                nodes.append(mul)
+                node.input[0] = out
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, smoothed: bool = False) -> None:
     """Dynamic int8 quantization of an fp32 graph (optimized or not), per channel, with the exclusions."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -83,7 +174,7 @@ def quantize_int8(fp32_path: Path, out_path: Path) -> None:
             str(out_path),
             weight_type=QuantType.QInt8,
             per_channel=True,
-            nodes_to_exclude=quantization_exclusions(graph),
+            nodes_to_exclude=quantization_exclusions(graph, smoothed),
             # The fused operators are outside ONNX's shape inference; their outputs are float32.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -126,8 +217,11 @@ def widen_to_fp32(model: Any) -> Any:
     return model
 
 
-def derive(source: Path, method: str, out_path: Path) -> None:
-    """Make the derived variant `method` of the ONNX file `source` at `out_path`."""
+def derive(
+    source: Path, method: str, out_path: Path, calibration: Path | None = None, alpha: float = SMOOTH_ALPHA
+) -> None:
+    """Make the derived variant `method` of the ONNX file `source` at `out_path` (`int8-smooth` reads its
+    activation maxima from `calibration`)."""
     try:
         import onnx
     except ImportError as exc:
@@ -138,10 +232,20 @@ def derive(source: Path, method: str, out_path: Path) -> None:
 
     if method not in METHODS:
         raise BundleError(f"unknown derivation {method!r}; this version knows {list(METHODS)}")
+    smoothed = method == "int8-smooth"
+    if smoothed and (calibration is None or not Path(calibration).is_file()):
+        raise BundleError(
+            f"{source}: {method} needs the calibration file {calibration}; restore the bundle, or make one "
+            "with `renersans bundle calibrate`"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         wide = Path(tmp) / "model.fp32.onnx"
-        onnx.save(widen_to_fp32(onnx.load(str(source))), str(wide))
-        quantize_int8(wide, out_path)
+        model = widen_to_fp32(onnx.load(str(source)))
+        if smoothed:
+            with np.load(calibration) as stored:
+                smooth(model, {name: stored[name].astype(np.float32) for name in stored.files}, alpha)
+        onnx.save(model, str(wide))
+        quantize_int8(wide, out_path, smoothed)
 
 
 def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], cache_dir: Path) -> Path:
@@ -154,8 +258,12 @@ def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], c
         raise BundleError(
             f"{root}: variant {variant!r} of {model!r} derives from {spec['from']!r}, not shipped"
         )
-    digest = source.get("sha256") or sha256(root / source["file"])
-    key = f"{digest[:16]}-{spec['method']}-v{DERIVE_VERSION}-ort{ort.__version__}"
+    digest = (source.get("sha256") or sha256(root / source["file"]))[:16]
+    calibration = root / spec["calibration"] if spec.get("calibration") else None
+    if calibration is not None and calibration.is_file():
+        # New maxima are a new derivation: the key names them, so a stale file is never reused.
+        digest += f"-{sha256(calibration)[:8]}-a{spec.get('alpha', SMOOTH_ALPHA)}"
+    key = f"{digest}-{spec['method']}-v{DERIVE_VERSION}-ort{ort.__version__}"
     path = Path(cache_dir) / f"{model}.{variant}.{key}.onnx"
     if path.is_file():
         return path
@@ -171,7 +279,7 @@ def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], c
             f"RENERSANS_CACHE_DIR to a writable directory, or RENERSANS_VARIANT={spec['from']}"
         ) from exc
     try:
-        derive(root / source["file"], spec["method"], Path(tmp))
+        derive(root / source["file"], spec["method"], Path(tmp), calibration, spec.get("alpha", SMOOTH_ALPHA))
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a service running as another user
         os.replace(tmp, path)
     finally:
@@ -198,7 +306,9 @@ def declare(
     for name, model in manifest["models"].items():
         if "file" not in model["variants"].get(source, {}):
             raise BundleError(f"model {name!r} ships no {source} file to derive {variant} from")
-        model["variants"][variant] = copy.deepcopy(DERIVABLE[variant])
+        # A derivation already declared (a calibrated one, say) is kept.
+        if "derive" not in model["variants"].get(variant, {}):
+            model["variants"][variant] = copy.deepcopy(DERIVABLE[variant])
     models = list(manifest["models"])
     chosen = models if cpu_default_for is None else list(cpu_default_for)
     unknown = sorted(set(chosen) - set(models))

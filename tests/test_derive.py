@@ -14,10 +14,11 @@ from onnx import TensorProto, numpy_helper
 
 from app.bundle import MANIFEST, check_bundle, choose, read_manifest, variant_file
 from app.cli import main
-from app.derive import widen_to_fp32
+from app.derive import activation_maxima, quantization_exclusions, smooth, smoothing_targets, widen_to_fp32
 from app.errors import BundleError
 from app.metric import evaluate, relation_keys
 from app.text.brat import read_corpus
+from training.calibrate import calibrate
 from training.variants import pipeline_for
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -101,6 +102,89 @@ def test_derived_int8_serves_as_the_exported_one(
         runs[name] = {d.name: pipe.extract(d.name, d.text) for d in gold}
     agreement = evaluate(list(runs["exported"].values()), runs["derived"], "ner").micro.f1
     assert agreement > 0.95
+
+
+def test_smoothing_moves_channel_ranges_into_the_weights_without_changing_outputs(
+    tiny_checkpoints: tuple[Path, Path, Path], tiny_bundle: Path
+) -> None:
+    feed = sample_batch(tiny_bundle, tiny_checkpoints[0])
+    model = onnx.load(str(tiny_bundle / "re" / "model.optimized.onnx"))
+    targets = smoothing_targets(model.graph)
+    assert {n.op_type for n in targets} == {"Attention", "MatMul"}, (
+        "attention is fused in the optimized graph"
+    )
+    maxima = activation_maxima(model, [(feed["input_ids"], feed["attention_mask"])])
+    assert set(maxima) == {n.input[0] for n in targets}
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert all(maxima[n.input[0]].shape == weights[n.input[1]].shape[:1] for n in targets)
+    assert all(np.isfinite(m).all() and (m >= 0).all() and m.max() > 0 for m in maxima.values())
+    expected = logits(tiny_bundle / "re" / "model.optimized.onnx", feed)
+    reads = {n.name: n.input[0] for n in targets}  # before smoothing rewires them
+    smoothed = smooth(model, maxima)
+    muls = [n for n in smoothed.graph.node if n.name.endswith("/smooth")]
+    assert len(muls) == len(targets)
+    session = ort.InferenceSession(smoothed.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, feed)[0]
+    valid = feed["attention_mask"].astype(bool)
+    np.testing.assert_allclose(got[valid], expected[valid], atol=1e-3 * np.abs(expected).max())
+    # The smoothed inputs' ranges are flatter across channels: that is what int8's one scale needs.
+    after = activation_maxima(smoothed, [(feed["input_ids"], feed["attention_mask"])])
+    spread = [
+        (np.ptp(np.log(maxima[reads[name]] + 1e-6)), np.ptp(np.log(after[f"{name}/smooth/output"] + 1e-6)))
+        for name in reads
+    ]
+    assert sum(b < a for a, b in spread) >= 0.9 * len(spread), spread
+
+
+def test_calibrated_bundle_derives_a_smoothed_int8_of_every_product(
+    tiny_checkpoints: tuple[Path, Path, Path], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    corpus = tiny_checkpoints[0]
+    cache = tmp_path / "cache"
+    bundle = fp16_only(tiny_bundle, tmp_path / "shipped", cache)
+    dynamic = variant_file(bundle, read_manifest(bundle), "ner", "int8", cache)
+    written = calibrate(bundle, corpus, documents=2, seed=1)
+    manifest = read_manifest(bundle)
+    assert check_bundle(bundle) == []
+    dev = set(manifest["models"]["ner"]["dev_documents"])
+    for model in ("ner", "re"):
+        spec = manifest["models"][model]["variants"]["int8"]["derive"]
+        assert spec["method"] == "int8-smooth" and spec["calibration"] == f"{model}/calibration.npz"
+        assert written[model] == bundle / spec["calibration"]
+        assert len(spec["calibrated_on"]["names"]) == 2 and not set(spec["calibrated_on"]["names"]) & dev
+    assert manifest["default_variant"]["cpu"] == "int8", "calibrating leaves the CPU default alone"
+    smoothed = variant_file(bundle, manifest, "ner", "int8", cache)
+    assert smoothed != dynamic, "a calibrated derivation is a new cache key"
+    graph = onnx.load(str(smoothed)).graph
+    # Every encoder product is int8 now, the feed-forward projections included; only the heads stay fp32.
+    assert [n.name for n in graph.node if n.op_type == "MatMul"] == quantization_exclusions(graph, True)
+    assert len(quantization_exclusions(onnx.load(str(dynamic)).graph)) > len(
+        quantization_exclusions(graph, True)
+    )
+    feed = sample_batch(bundle, corpus)
+    valid = feed["attention_mask"].astype(bool)
+    ours, fp32 = logits(smoothed, feed)[valid], logits(tiny_bundle / "ner" / "model.fp32.onnx", feed)[valid]
+    assert (ours.argmax(-1) == fp32.argmax(-1)).mean() > 0.95
+    # Other maxima are another derivation, never the stale file.
+    np.savez(written["ner"], **{k: v * 2 for k, v in np.load(written["ner"]).items()})
+    manifest["models"]["ner"]["variants"]["int8"]["derive"].pop("calibration_sha256")
+    assert variant_file(bundle, manifest, "ner", "int8", cache) != smoothed
+
+
+def test_calibration_file_is_checked(
+    tiny_checkpoints: tuple[Path, Path, Path], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = fp16_only(tiny_bundle, tmp_path / "shipped", tmp_path / "cache")
+    calibrate(bundle, tiny_checkpoints[0], documents=1)
+    path = bundle / "re" / "calibration.npz"
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    assert any("re/calibration.npz: checksum differs" in p for p in check_bundle(bundle)), check_bundle(
+        bundle
+    )
+    path.unlink()
+    assert any("needs the calibration file" in p for p in check_bundle(bundle)), check_bundle(bundle)
+    with pytest.raises(BundleError, match="renersans bundle calibrate"):
+        variant_file(bundle, read_manifest(bundle), "re", "int8", tmp_path / "cache")
 
 
 def test_derived_variant_is_cached_and_reused(tiny_bundle: Path, tmp_path: Path) -> None:

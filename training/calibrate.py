@@ -1,0 +1,91 @@
+"""Calibrate a bundle's int8 derivation: activation maxima recorded on training documents, shipped beside the
+fp16 files, from which the serving host smooths each model before quantizing it (`int8-smooth`,
+app/derive.py).
+
+The batches are the pipeline's own: sentences for the entity model, one marked copy per gold entity for the
+relation model (track 2's path), batched as the service batches them. Only documents outside the bundle's
+dev split are read, so dev F1 measured afterwards stays a measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from app.bundle import CPU, Choice, onnx_tagger, read_manifest, sha256, write_manifest
+from app.derive import CALIBRATION_FILE, SMOOTH_ALPHA, activation_maxima, declare, widen_to_fp32
+from app.errors import BundleError
+from app.pipeline import Pipeline
+from app.text.brat import Document, read_corpus
+
+SOURCE = "fp16"
+
+
+def calibration_documents(manifest: dict, corpus: Path, count: int, seed: int) -> list[Document]:
+    """`count` training documents outside the bundle's dev split, drawn with `seed`."""
+    dev = set(manifest["models"]["ner"].get("dev_documents", []))
+    docs = sorted((d for d in read_corpus(corpus) if d.name not in dev), key=lambda d: d.name)
+    if not docs:
+        raise BundleError(f"no documents outside the bundle's dev split under {corpus}")
+    return random.Random(seed).sample(docs, min(count, len(docs)))
+
+
+def _recorded(bundle: Path, manifest: dict, model: str, feed: Callable[[Pipeline], None]) -> dict:
+    """Activation maxima of `model` (its fp16 file widened to fp32) over the batches `feed` makes it run."""
+    import onnx
+
+    info = manifest["models"][model]
+    if "file" not in info["variants"].get(SOURCE, {}):
+        raise BundleError(f"model {model!r} ships no {SOURCE} file to calibrate")
+    tagger = onnx_tagger(bundle, manifest, model, Choice(SOURCE, [CPU], "calibration"))
+    batches: list[tuple[np.ndarray, np.ndarray]] = []
+    inner = tagger.run
+
+    def keep(ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        batches.append((ids, mask))
+        return inner(ids, mask)
+
+    recording = dataclasses.replace(tagger, run=keep)
+    feed(Pipeline(ner=recording) if model == "ner" else Pipeline(re=recording))
+    wide = widen_to_fp32(onnx.load(str(bundle / info["variants"][SOURCE]["file"])))
+    return activation_maxima(wide, batches)
+
+
+def calibrate(bundle: Path, corpus: Path, documents: int = 16, seed: int = 13) -> dict[str, Path]:
+    """Record each model's maxima into `<model>/calibration.npz` and declare `int8` derived by
+    `int8-smooth` from them (the CPU default is left as it was). Returns the files written."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    docs = calibration_documents(manifest, corpus, documents, seed)
+    feeds: dict[str, Callable[[Pipeline], None]] = {
+        "ner": lambda pipe: [pipe.entities(d.text) for d in tqdm(docs, desc="calibrate ner", unit="doc")],
+        "re": lambda pipe: [
+            pipe.relations_for(d.name, d.text, d.entities)
+            for d in tqdm(docs, desc="calibrate re", unit="doc")
+        ],
+    }
+    defaults = manifest.get("default_variant", {}).get("cpu")
+    declare(manifest, "int8", [])  # every model may be forced to int8; the CPU default is untouched
+    manifest.setdefault("default_variant", {})["cpu"] = defaults
+    written = {}
+    for model in manifest["models"]:
+        maxima = _recorded(bundle, manifest, model, feeds[model])
+        path = bundle / model / CALIBRATION_FILE
+        # fp16 keeps the maxima to 3 significant digits, which moves the smoothing factors by under 0.1 %.
+        np.savez_compressed(path, **{k: v.astype(np.float16) for k, v in maxima.items()})
+        manifest["models"][model]["variants"]["int8"]["derive"] = {
+            "from": SOURCE,
+            "method": "int8-smooth",
+            "alpha": SMOOTH_ALPHA,
+            "calibration": f"{model}/{CALIBRATION_FILE}",
+            "calibration_sha256": sha256(path),
+            "calibrated_on": {"documents": len(docs), "seed": seed, "names": [d.name for d in docs]},
+        }
+        written[model] = path
+    write_manifest(bundle, manifest)
+    return written
