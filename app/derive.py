@@ -95,29 +95,40 @@ def smoothing_targets(graph: Any) -> list[Any]:
     ]
 
 
-def activation_maxima(model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per input channel, the largest |activation| each smoothing target reads, over the real (unmasked)
-    pieces of `batches` run through the fp32 `model` (an onnx ModelProto, not changed)."""
-    import onnx
-    import onnxruntime as ort
+class ActivationProbe:
+    """The fp32 `model` (an onnx ModelProto, not changed) run for its outputs, recording on the way, per input
+    channel, the largest |activation| each smoothing target reads over the real (unmasked) pieces."""
 
-    probe = copy.deepcopy(model)
-    names = sorted({n.input[0] for n in smoothing_targets(probe.graph)})
-    known = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known:
+    def __init__(self, model: Any) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        probe = copy.deepcopy(model)
+        self.outputs = [o.name for o in probe.graph.output]
+        self.names = sorted({n.input[0] for n in smoothing_targets(probe.graph)} - set(self.outputs))
+        for name in self.names:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
-    maxima: dict[str, np.ndarray] = {}
-    for ids, mask in batches:
-        values = session.run(names, dict(zip(inputs, (ids, mask), strict=True)))
+        self.session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.maxima: dict[str, np.ndarray] = {}
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's outputs by name for one batch; the maxima are updated."""
+        values = self.session.run(self.outputs + self.names, dict(zip(self.inputs, (ids, mask), strict=True)))
         real = mask.astype(bool)
-        for name, x in zip(names, values, strict=True):
+        for name, x in zip(self.names, values[len(self.outputs) :], strict=True):
             rows = x[real] if x.shape[:2] == real.shape else x.reshape(-1, x.shape[-1])
             top = np.abs(rows).max(0)
-            maxima[name] = top if name not in maxima else np.maximum(maxima[name], top)
-    return maxima
+            self.maxima[name] = top if name not in self.maxima else np.maximum(self.maxima[name], top)
+        return dict(zip(self.outputs, values, strict=False))
+
+
+def activation_maxima(model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`ActivationProbe`'s maxima over `batches`."""
+    probe = ActivationProbe(model)
+    for ids, mask in batches:
+        probe(ids, mask)
+    return probe.maxima
 
 
 def smooth(model: Any, maxima: dict[str, np.ndarray], alpha: float = SMOOTH_ALPHA) -> Any:
@@ -300,7 +311,7 @@ def declare(
     manifest: dict[str, Any], variant: str, cpu_default_for: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """`manifest` with `variant` declared derived in every model (so it can be forced), and made the CPU's
-    default for the models in `cpu_default_for` (all when None); the others keep theirs."""
+    default for the models in `cpu_default_for` (all when None, none when empty); the others keep theirs."""
     if variant not in DERIVABLE:
         raise BundleError(f"variant {variant!r} cannot be derived; these can: {sorted(DERIVABLE)}")
     source = DERIVABLE[variant]["derive"]["from"]
@@ -315,6 +326,8 @@ def declare(
     unknown = sorted(set(chosen) - set(models))
     if unknown:
         raise BundleError(f"no model {unknown} in the bundle; it has {models}")
+    if not chosen:
+        return manifest
     defaults = manifest.setdefault("default_variant", {})
     before = defaults.get("cpu")
     per_model = {

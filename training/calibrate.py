@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.bundle import CPU, Choice, onnx_tagger, read_manifest, sha256, write_manifest
-from app.derive import CALIBRATION_FILE, SMOOTH_ALPHA, activation_maxima, declare, widen_to_fp32
+from app.derive import CALIBRATION_FILE, SMOOTH_ALPHA, ActivationProbe, declare, widen_to_fp32
 from app.errors import BundleError
 from app.pipeline import Pipeline
 from app.text.brat import Document, read_corpus
@@ -36,24 +36,23 @@ def calibration_documents(manifest: dict, corpus: Path, count: int, seed: int) -
 
 
 def _recorded(bundle: Path, manifest: dict, model: str, feed: Callable[[Pipeline], None]) -> dict:
-    """Activation maxima of `model` (its fp16 file widened to fp32) over the batches `feed` makes it run."""
+    """Activation maxima of `model` (its fp16 file widened to fp32) over the batches `feed` makes it run:
+    the probe is the tagger's runner, so each batch runs once."""
     import onnx
 
     info = manifest["models"][model]
     if "file" not in info["variants"].get(SOURCE, {}):
         raise BundleError(f"model {model!r} ships no {SOURCE} file to calibrate")
     tagger = onnx_tagger(bundle, manifest, model, Choice(SOURCE, [CPU], "calibration"))
-    batches: list[tuple[np.ndarray, np.ndarray]] = []
-    inner = tagger.run
+    probe = ActivationProbe(widen_to_fp32(onnx.load(str(bundle / info["variants"][SOURCE]["file"]))))
 
-    def keep(ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        batches.append((ids, mask))
-        return inner(ids, mask)
+    def run(ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        out = probe(ids, mask)
+        return {head: out[name] for head, name in info["outputs"].items()}
 
-    recording = dataclasses.replace(tagger, run=keep)
+    recording = dataclasses.replace(tagger, run=run)
     feed(Pipeline(ner=recording) if model == "ner" else Pipeline(re=recording))
-    wide = widen_to_fp32(onnx.load(str(bundle / info["variants"][SOURCE]["file"])))
-    return activation_maxima(wide, batches)
+    return probe.maxima
 
 
 def calibrate(bundle: Path, corpus: Path, documents: int = 16, seed: int = 13) -> dict[str, Path]:
@@ -69,9 +68,7 @@ def calibrate(bundle: Path, corpus: Path, documents: int = 16, seed: int = 13) -
             for d in tqdm(docs, desc="calibrate re", unit="doc")
         ],
     }
-    defaults = manifest.get("default_variant", {}).get("cpu")
     declare(manifest, "int8", [])  # every model may be forced to int8; the CPU default is untouched
-    manifest.setdefault("default_variant", {})["cpu"] = defaults
     written = {}
     for model in manifest["models"]:
         maxima = _recorded(bundle, manifest, model, feeds[model])
