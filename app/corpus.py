@@ -13,7 +13,7 @@ from tqdm import tqdm
 from app.text.brat import Document, format_ann, read_corpus, write_text
 from app.text.encode import EncodedDocument, decode_document, encode_document
 from app.text.segment import segment
-from app.text.tags import decode_bio, decode_relations, merge_relations
+from app.text.tags import Signature, decode_bio, decode_relations, merge_relations
 
 
 @dataclass
@@ -94,3 +94,14 @@ def roundtrip_corpus(gold_dir: Path, out_dir: Path, progress: bool = True) -> Co
         shutil.copyfile(gold_dir / f"{doc.name}.txt", target.with_suffix(".txt"))
         write_text(target, format_ann(out.entities, out.relations))
     return stats
+
+
+def relation_signatures(docs: Iterable[Document]) -> Counter[Signature]:
+    """How often each (Arg1 type, relation, Arg2 type) occurs in `docs`' gold relations."""
+    counts: Counter[Signature] = Counter()
+    for doc in docs:
+        entities = doc.entity_by_id()
+        for rel in doc.relations:
+            if rel.arg1 in entities and rel.arg2 in entities:
+                counts[(entities[rel.arg1].type, rel.type, entities[rel.arg2].type)] += 1
+    return counts

@@ -19,6 +19,7 @@ from app.text.encode import decode_document
 from app.text.segment import Sentence, segment
 from app.text.subwords import Pieces, WordPieces, context_window, mark, windows
 from app.text.tags import (
+    Signature,
     WordRelation,
     WordSpan,
     align,
@@ -138,6 +139,9 @@ class Pipeline:
     # raised relations given gold entities from 0.4843 to 0.4905 and end to end from 0.2258 to 0.2280.
     o_bias: float = 0.0
     none_weight: float = 0.8
+    # Relations a pair of entity types may hold, (Arg1 type, relation, Arg2 type); empty allows all. A
+    # bundle carries those seen in its training documents (`relation_signatures`).
+    signatures: frozenset[Signature] = frozenset()
 
     def entities(self, text: str, sentences: Sequence[Sentence] | None = None) -> list[list[WordSpan]]:
         """Entity spans per sentence. Sentences longer than the model are cut into overlapping windows;
@@ -212,7 +216,10 @@ class Pipeline:
                     # A partner outside the context window is read only from its own copy.
                     if j != k and 0 <= index[span.first] - lo < len(probs):
                         readings[si][(k, j)] = probs[index[span.first] - lo]
-            return [pair_relations(r, labels, self.none_weight) for r in readings]
+            return [
+                pair_relations(r, labels, self.none_weight, [s.type for s in spans[si]], self.signatures)
+                for si, r in enumerate(readings)
+            ]
         found: list[list[WordRelation]] = [[] for _ in sentences]
         for (si, k, lo, index), lg in zip(owners, logits, strict=True):
             pred = lg.argmax(-1)

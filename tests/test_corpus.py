@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from app.cli import main
-from app.corpus import corpus_stats
+from app.corpus import corpus_stats, relation_signatures
 from app.text.brat import read_corpus
 
 
@@ -18,6 +18,15 @@ def test_corpus_counts(corpus_dir: Path) -> None:
     for d in docs:
         for e in d.entities:
             assert d.text[e.start : e.end] == e.text
+
+
+def test_relation_signatures_count_every_relation_by_its_arguments_types(corpus_dir: Path) -> None:
+    docs = read_corpus(corpus_dir)
+    counts = relation_signatures(docs)
+    assert sum(counts.values()) == 12_644
+    # A task (TSK) from a BIN to an ECO entity is the commonest; the arguments keep their order.
+    assert counts.most_common(1)[0][0] == ("BIN", "TSK", "ECO")
+    assert counts[("BIN", "TSK", "ECO")] > 10 * counts[("ECO", "TSK", "BIN")]
 
 
 def test_stats_report_nothing_lost(corpus_dir: Path) -> None:

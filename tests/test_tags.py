@@ -150,6 +150,23 @@ def test_none_weight_trades_no_relation_for_the_best_type() -> None:
     assert pair_relations(readings, labels, none_weight=0.7) == [WordRelation("GOL", 0, 1)]
 
 
+def test_signatures_keep_a_pair_to_relations_its_types_can_hold() -> None:
+    labels = RELATION_LABELS
+    # Copy 0 reads GOL with span 0 as Arg1 (0.5), then TSK the other way round (0.3).
+    one = np.exp(_logprobs([{"GOL:2": 0.5, "TSK:1": 0.3, "0": 0.1}], labels)[0])
+    readings = {(0, 1): one}
+    types = ["BIN", "ECO"]
+    assert pair_relations(readings, labels, types=types) == [WordRelation("GOL", 0, 1)]
+    both = frozenset({("BIN", "GOL", "ECO"), ("ECO", "TSK", "BIN")})
+    assert pair_relations(readings, labels, types=types, signatures=both) == [WordRelation("GOL", 0, 1)]
+    # GOL from BIN to ECO unseen: the best allowed reading, in its own direction.
+    tsk_only = frozenset({("ECO", "TSK", "BIN")})
+    assert pair_relations(readings, labels, types=types, signatures=tsk_only) == [WordRelation("TSK", 1, 0)]
+    # The direction counts: GOL from ECO to BIN does not allow GOL from BIN to ECO.
+    reversed_gol = frozenset({("ECO", "GOL", "BIN")})
+    assert pair_relations(readings, labels, types=types, signatures=reversed_gol) == []
+
+
 def test_span_probability_is_the_mean_of_its_tags() -> None:
     labels = ("O", "B-ACT", "I-ACT")
     tags = ["O", "B-ACT", "I-ACT"]

@@ -190,8 +190,15 @@ def merge_relations(found: Sequence[WordRelation]) -> list[WordRelation]:
     return merged
 
 
+Signature = tuple[str, str, str]  # (Arg1's entity type, relation type, Arg2's entity type)
+
+
 def pair_relations(
-    readings: Mapping[tuple[int, int], np.ndarray], labels: Sequence[str], none_weight: float = 1.0
+    readings: Mapping[tuple[int, int], np.ndarray],
+    labels: Sequence[str],
+    none_weight: float = 1.0,
+    types: Sequence[str] = (),
+    signatures: frozenset[Signature] = frozenset(),
 ) -> list[WordRelation]:
     """One decision per pair of spans from the relation-label probabilities read in both of its copies.
 
@@ -201,6 +208,9 @@ def pair_relations(
     most one relation per pair: the shared task's data has one such pair in 12,644 relations, while keeping
     every type either copy proposes costs precision. `none_weight` scales the averaged probability of 'no
     relation' before the decision (below 1: more relations, higher recall).
+
+    With `signatures` (and `types`, the entity type of each span), a pair can only take a relation whose
+    signature is in the set, read with the pair's direction: `T:2` makes the lower span Arg1.
     """
     flip = np.array([labels.index(_flipped(lab)) for lab in labels])
     pairs: dict[tuple[int, int], list[np.ndarray]] = {}
@@ -210,12 +220,28 @@ def pair_relations(
     weights = np.array([none_weight if lab == "0" else 1.0 for lab in labels])
     found = []
     for (lo, hi), frames in sorted(pairs.items()):
-        rtype, _, arg = labels[int((np.mean(frames, axis=0) * weights).argmax())].partition(":")
+        scores = np.mean(frames, axis=0) * weights
+        if signatures:
+            scores = np.where(_signature_mask(tuple(labels), types[lo], types[hi], signatures), scores, -1.0)
+        rtype, _, arg = labels[int(scores.argmax())].partition(":")
         if arg == "2":
             found.append(WordRelation(rtype, lo, hi))
         elif arg == "1":
             found.append(WordRelation(rtype, hi, lo))
     return found
+
+
+@functools.cache
+def _signature_mask(
+    labels: tuple[str, ...], lo_type: str, hi_type: str, signatures: frozenset[Signature]
+) -> np.ndarray:
+    """Which labels a pair (lower span of `lo_type`, higher of `hi_type`) may take: 'no relation' always."""
+    allowed = []
+    for lab in labels:
+        rtype, _, arg = lab.partition(":")
+        signature = (lo_type, rtype, hi_type) if arg == "2" else (hi_type, rtype, lo_type)
+        allowed.append(arg not in ("1", "2") or signature in signatures)
+    return np.array(allowed)
 
 
 def _flipped(label: str) -> str:

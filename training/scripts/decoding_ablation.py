@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from app.bundle import read_manifest
+from app.corpus import relation_signatures
 from app.metric import evaluate
 from app.pipeline import Pipeline, Runner
 from app.text.brat import read_corpus
@@ -66,11 +67,20 @@ def main() -> None:
     parser.add_argument(
         "--none-weights", default="", help="comma-separated weights of 'no relation' to try with each bias"
     )
-    parser.add_argument("--skip-standard", action="store_true", help="only the biases and bars above")
+    parser.add_argument(
+        "--signature-counts",
+        default="",
+        help="comma-separated minimum training counts of a relation's (Arg1 type, relation, Arg2 type) for "
+        "a pair to take it (0: no constraint), tried with the default decoding",
+    )
+    parser.add_argument("--skip-standard", action="store_true", help="only the biases, bars and counts above")
     args = parser.parse_args()
     manifest = read_manifest(args.bundle)
     dev = set(manifest["models"]["ner"]["dev_documents"])
-    gold = [d for d in read_corpus(args.corpus) if d.name in dev]
+    corpus = read_corpus(args.corpus)
+    gold = [d for d in corpus if d.name in dev]
+    # Signatures are counted on the training documents only, as an export would.
+    seen = relation_signatures(d for d in corpus if d.name not in dev)
     base = pipeline_for(args.bundle, manifest, args.variant)
     base.ner.run = cached(base.ner.run)
     base.re.run = cached(base.re.run)
@@ -78,11 +88,16 @@ def main() -> None:
     floats = lambda text: [float(t) for t in text.split(",") if t]  # noqa: E731
     decodings = [] if args.skip_standard else itertools.product(("argmax", "viterbi"), ("either", "pair"))
     # The standard rows and the bars keep 'no relation' at weight 1, as they were first measured.
-    settings = [(bio, pairs, 0.0, 0.0, 1.0) for bio, pairs in decodings]
-    settings += [("viterbi", "pair", t, 0.0, 1.0) for t in floats(args.entity_probs)]
+    settings = [(bio, pairs, 0.0, 0.0, 1.0, 0) for bio, pairs in decodings]
+    settings += [("viterbi", "pair", t, 0.0, 1.0, 0) for t in floats(args.entity_probs)]
     grid = itertools.product(floats(args.o_biases) or [0.0], floats(args.none_weights) or [1.0])
-    settings += [("viterbi", "pair", 0.0, b, w) for b, w in grid if args.o_biases or args.none_weights]
-    for bio, pairs, min_prob, o_bias, none_weight in settings:
+    settings += [("viterbi", "pair", 0.0, b, w, 0) for b, w in grid if args.o_biases or args.none_weights]
+    default = Pipeline()
+    settings += [
+        (default.bio, default.pairs, 0.0, default.o_bias, default.none_weight, int(c))
+        for c in floats(args.signature_counts)
+    ]
+    for bio, pairs, min_prob, o_bias, none_weight, min_count in settings:
         pipe = Pipeline(
             ner=base.ner,
             re=base.re,
@@ -91,6 +106,7 @@ def main() -> None:
             min_entity_prob=min_prob,
             o_bias=o_bias,
             none_weight=none_weight,
+            signatures=frozenset(k for k, n in seen.items() if n >= min_count) if min_count else frozenset(),
         )
         started = time.perf_counter()
         predicted = {d.name: pipe.extract(d.name, d.text) for d in gold}
@@ -104,6 +120,7 @@ def main() -> None:
             "min_entity_prob": min_prob,
             "o_bias": o_bias,
             "none_weight": none_weight,
+            "signature_min_count": min_count,
             **{
                 f"{k}_{m}": getattr(v, m)
                 for k, v in (("ner", ner), ("re_gold", re_gold), ("e2e", e2e))
@@ -113,7 +130,7 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{bio:8s} {pairs:7s} >={min_prob:.2f} O{o_bias:+.2f} none*{none_weight:.2f} "
+            f"{bio:8s} {pairs:7s} >={min_prob:.2f} O{o_bias:+.2f} none*{none_weight:.2f} sig>={min_count} "
             f"NER {ner.precision:.4f}/{ner.recall:.4f}/{ner.f1:.4f}  "
             f"RE-gold {re_gold.precision:.4f}/{re_gold.recall:.4f}/{re_gold.f1:.4f}  "
             f"e2e {e2e.precision:.4f}/{e2e.recall:.4f}/{e2e.f1:.4f}  ({row['seconds']} s)",
