@@ -165,6 +165,25 @@ def _bundle_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_torch(args: argparse.Namespace) -> int:
+    from app.bundle import read_manifest
+    from training.from_onnx import checkpoint_from_bundle, import_variant
+
+    models = args.models.split(",") if args.models else list(read_manifest(args.dir)["models"])
+    for model in models:
+        variant, path = import_variant(args.dir, model, args.variant)
+        print(f"{model}: rebuilding a torch checkpoint from {path} ({variant}) ...", flush=True)
+        out = checkpoint_from_bundle(args.dir, model, args.out_dir / model, variant)
+        source = json.loads((out / "tagger.json").read_text())["imported_from"]
+        arch, parity = source["architecture"], source["parity"]
+        print(
+            f"{model}: wrote {out} ({arch['layers']} layers, hidden {arch['hidden']}, {arch['heads']} heads; "
+            f"logits within {parity['max_abs']:.1e} of ONNX Runtime, argmax agreement "
+            f"{parity['argmax_agreement']:.4f})"
+        )
+    return 0
+
+
 def _bundle_measure(args: argparse.Namespace) -> int:
     import json
 
@@ -283,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--documents", type=int, default=16, help="documents to record on")
     p.add_argument("--seed", type=int, default=13, help="which documents")
     p.set_defaults(func=_bundle_calibrate)
+    p = bundle.add_parser(
+        "torch",
+        help="rebuild torch checkpoints (OUT_DIR/ner, OUT_DIR/re) from the bundle's ONNX files "
+        "(training install)",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument(
+        "--variant",
+        choices=["fp32", "optimized", "fp16"],
+        help="the file to read (default: the first the bundle ships of fp32, optimized, fp16)",
+    )
+    p.add_argument("--models", help="comma-separated models to rebuild (default: all in the bundle)")
+    p.set_defaults(func=_bundle_torch)
     p = bundle.add_parser(
         "measure",
         help="each variant's size, dev F1 on the three tracks and CPU speed vs fp32 (training install)",

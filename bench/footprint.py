@@ -17,7 +17,7 @@ import sys
 import time
 
 from bench.machine import describe, median, peak_rss_mb, rss_mb, write_result
-from bench.systems import ROOT, SYSTEMS, add_system_args
+from bench.systems import ROOT, SYSTEMS, add_system_args, resolve_checkpoints
 
 
 def child(args: argparse.Namespace) -> None:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = resolve_checkpoints(ap.parse_args(argv))
     if args.child:
         child(args)
         return 0

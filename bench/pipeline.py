@@ -18,7 +18,7 @@ from app.schemas import EntityOut, ExtractResponse, ModelInfo, RelationOut
 from app.text.brat import Document
 from bench.docs import corpus_texts, pages, typical, words
 from bench.machine import describe, median, peak_flops, write_result
-from bench.systems import ABLATIONS, SYSTEMS, System, add_system_args, build
+from bench.systems import ABLATIONS, SYSTEMS, System, add_system_args, build, resolve_checkpoints
 
 STAGES = ("segmentation", "ner", "relations", "decoding", "serialisation")
 INFO = ModelInfo(bundle="bench", variants={}, providers={}, relations=True, size_bytes=0)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {SYSTEMS + ABLATIONS}")
     ap.add_argument("--out", default="")
-    args = ap.parse_args(argv)
+    args = resolve_checkpoints(ap.parse_args(argv))
 
     machine = describe()
     peaks = peak_flops(args.device)

@@ -19,7 +19,7 @@ from app.text.segment import segment
 from bench.docs import corpus_texts, pages, words
 from bench.machine import RESULTS, describe, rss_mb, write_result
 from bench.pipeline import run_docs
-from bench.systems import SYSTEMS, add_system_args, build
+from bench.systems import SYSTEMS, add_system_args, build, resolve_checkpoints
 
 BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 7), (8, 11), (12, 99))
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-bucket", type=int, default=6, help="sentences per entity-count group")
     ap.add_argument("--entity-docs", type=int, default=12, help="corpus documents searched for sentences")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
-    args = ap.parse_args(argv)
+    args = resolve_checkpoints(ap.parse_args(argv))
 
     corpus = corpus_texts(args.corpus)
     names = args.systems.split(",")

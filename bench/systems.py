@@ -211,13 +211,29 @@ def _lone_copy(tagger: Tagger, text: str, words: Sequence[tuple[int, int]], span
 
 def add_system_args(ap: argparse.ArgumentParser, checkpoints: bool = True) -> None:
     """The options every benchmark shares: the bundle ours runs, the checkpoints the torch baselines run
-    (the same fine-tuned weights), the corpus and the device."""
+    (the same fine-tuned weights; `resolve_checkpoints` fills them in), the corpus and the device."""
     from bench.docs import DEFAULT_CORPUS
 
     ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
     ap.add_argument("--variant", default="auto", help="bundle variant for ours (auto: int8 CPU, fp16 CUDA)")
     if checkpoints:
-        ap.add_argument("--ner", type=Path, default=ROOT / "runs" / "ner" / "best", help="NER checkpoint")
-        ap.add_argument("--re", type=Path, default=ROOT / "runs" / "re" / "best", help="relation checkpoint")
+        imported = "default: rebuilt from the bundle's ONNX file, cached under $RENERSANS_CACHE_DIR/torch"
+        ap.add_argument("--ner", type=Path, help=f"NER checkpoint; {imported}")
+        ap.add_argument("--re", type=Path, help=f"relation checkpoint; {imported}")
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+
+
+def resolve_checkpoints(args: argparse.Namespace) -> argparse.Namespace:
+    """`--ner`/`--re` left out: torch checkpoints rebuilt from the bundle's ONNX files, so that the baselines
+    run the bundle's own weights on a fresh clone (no training run's checkpoints there). Imported once per
+    ONNX file into $RENERSANS_CACHE_DIR (else ~/.cache/renersans)/torch/<sha256>/ (training/from_onnx.py)."""
+    for model in ("ner", "re"):
+        if getattr(args, model, False) is None:
+            from training.from_onnx import cached_checkpoint, import_variant
+
+            variant, path = import_variant(args.bundle, model)
+            print(f"{model}: the baselines' torch checkpoint comes from {path} ({variant}) ...", flush=True)
+            setattr(args, model, cached_checkpoint(args.bundle, model))
+            print(f"{model}: torch checkpoint in {getattr(args, model)} (cached by the file's sha256)")
+    return args
