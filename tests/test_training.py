@@ -108,6 +108,12 @@ def test_time_limit_ends_the_run_with_its_figures(tiny: tuple[Path, Path], tmp_p
     assert metrics["stopped_by_time_limit"] is True
     assert [h["step"] for h in metrics["best_epoch_history"]] == [1]  # one step, then evaluated
     assert "ner" in metrics["dev"] and (tmp_path / "ner" / "best" / "tagger.json").exists()
+    # Cut inside its first epoch: run again, it finishes that epoch from the next batch, no batch twice.
+    history = run("ner", corpus, encoder, tmp_path / "ner", "epochs=1")["best_epoch_history"]
+    full = run("ner", corpus, encoder, tmp_path / "full", "epochs=1")["best_epoch_history"]
+    assert history[0]["partial"] is True and 0 < history[0]["epoch"] < 1
+    assert [h["epoch"] for h in history[1:]] == [1] and "partial" not in history[1]
+    assert history[1]["step"] == full[0]["step"] > 1
 
 
 def test_sweep_runs_side_by_side_and_tabulates(tiny: tuple[Path, Path], tmp_path: Path) -> None:

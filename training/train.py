@@ -262,27 +262,33 @@ def train(config: TrainConfig) -> dict:
                 stopped = True
                 break
         state["seconds"] += time.perf_counter() - started
+        # Stopped inside the epoch (time limit, step cap): evaluated for the record, but the epoch is not
+        # done, and a later invocation goes on from this batch (a GPU lease is cut into calls of minutes).
+        partial = state["batch"] < len(batches)
         reports = dev_reports(config, model, tokenizer, dev_gold)
         main_key = "ner" if config.task == "ner" else "re_gold"
         f1 = reports[main_key].micro.f1
         state["history"].append(
             {
-                "epoch": epoch + 1,
+                "epoch": round(epoch + state["batch"] / len(batches), 3) if partial else epoch + 1,
                 "step": state["step"],
                 "loss": float(np.mean(losses)) if losses else float("nan"),
                 "seconds": state["seconds"],
                 **{k: r.micro.f1 for k, r in reports.items()},
+                **({"partial": True} if partial else {}),
             }
         )
-        print(f"epoch {epoch + 1}: dev {main_key} F1 {f1:.4f} (best {max(state['best'], f1):.4f})")
+        done = f"{state['batch']}/{len(batches)} batches of " if partial else ""
+        print(f"{done}epoch {epoch + 1}: dev {main_key} F1 {f1:.4f} (best {max(state['best'], f1):.4f})")
         if f1 > state["best"]:
             state["best"], state["stale"] = f1, 0
             best_reports = reports
             save_tagger(model, tokenizer, out / "best", meta)
             (out / "dev_report.md").write_text("\n\n".join(r.table() for r in reports.values()) + "\n")
-        else:
+        elif not partial:
             state["stale"] += 1
-        state["epoch"], state["batch"] = epoch + 1, 0
+        if not partial:
+            state["epoch"], state["batch"] = epoch + 1, 0
         checkpoint()
         _plot(state["history"], out / "training.png")
         # Written every epoch, so an interrupted run still shows its figures so far.
