@@ -126,7 +126,7 @@ def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
 def _derived_problems(
     root: Path, where: str, name: str, spec: dict[str, Any], variants: dict[str, Any]
 ) -> list[str]:
-    from app.derive import METHODS
+    from app.derive import METHODS, SMOOTHED
 
     source = variants.get(spec.get("from"), {})
     if "file" not in source:
@@ -138,7 +138,7 @@ def _derived_problems(
             f"{where}: variant {name!r}: unknown derivation {spec.get('method')!r}; this version knows "
             f"{list(METHODS)}: upgrade the service or force another variant (RENERSANS_VARIANT)"
         ]
-    if spec.get("method") == "int8-smooth" or spec.get("calibration"):
+    if spec.get("method") in SMOOTHED or spec.get("calibration"):
         path = root / spec.get("calibration", "")
         if not spec.get("calibration") or not path.is_file():
             return [f"{where}: variant {name!r} needs the calibration file {path}, missing: restore it"]

@@ -158,9 +158,10 @@ def _annotate(args: argparse.Namespace) -> int:
 def _bundle_calibrate(args: argparse.Namespace) -> int:
     from training.calibrate import calibrate
 
-    written = calibrate(args.dir, args.corpus, args.documents, args.seed)
+    models = args.models.split(",") if args.models else None
+    written = calibrate(args.dir, args.corpus, args.documents, args.seed, args.method, models)
     for model, path in written.items():
-        print(f"{model}: activation maxima in {path}; int8 now derives by int8-smooth")
+        print(f"{model}: activation maxima in {path}; int8 now derives by {args.method}")
     print(f"`renersans bundle derive {args.dir}` makes the int8 files; `bundle measure` gives their dev F1")
     return 0
 
@@ -301,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--documents", type=int, default=16, help="documents to record on")
     p.add_argument("--seed", type=int, default=13, help="which documents")
+    p.add_argument(
+        "--method",
+        choices=["int8-smooth", "int8-smooth-ffn"],
+        default="int8-smooth",
+        help="smooth every product, or only the second feed-forward projections (app/derive.py)",
+    )
+    p.add_argument("--models", help="comma-separated models to calibrate (default: all)")
     p.set_defaults(func=_bundle_calibrate)
     p = bundle.add_parser(
         "torch",

@@ -1,6 +1,6 @@
 """Calibrate a bundle's int8 derivation: activation maxima recorded on training documents, shipped beside the
-fp16 files, from which the serving host smooths each model before quantizing it (`int8-smooth`,
-app/derive.py).
+fp16 files, from which the serving host smooths each model before quantizing it (`int8-smooth` or
+`int8-smooth-ffn`, app/derive.py).
 
 The batches are the pipeline's own: sentences for the entity model, one marked copy per gold entity for the
 relation model (track 2's path), batched as the service batches them. Only documents outside the bundle's
@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from app.bundle import CPU, Choice, onnx_tagger, read_manifest, sha256, write_manifest
-from app.derive import CALIBRATION_FILE, SMOOTH_ALPHA, ActivationProbe, declare, widen_to_fp32
-from app.errors import BundleError
+from app.derive import CALIBRATION_FILE, SMOOTH_ALPHA, SMOOTHED, ActivationProbe, declare, widen_to_fp32
+from app.errors import BundleError, InputError
 from app.pipeline import Pipeline
 from app.text.brat import Document, read_corpus
 
@@ -55,11 +55,24 @@ def _recorded(bundle: Path, manifest: dict, model: str, feed: Callable[[Pipeline
     return probe.maxima
 
 
-def calibrate(bundle: Path, corpus: Path, documents: int = 16, seed: int = 13) -> dict[str, Path]:
-    """Record each model's maxima into `<model>/calibration.npz` and declare `int8` derived by
-    `int8-smooth` from them (the CPU default is left as it was). Returns the files written."""
+def calibrate(
+    bundle: Path,
+    corpus: Path,
+    documents: int = 16,
+    seed: int = 13,
+    method: str = "int8-smooth",
+    models: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Record the maxima of `models` (default: all) into `<model>/calibration.npz` and declare their `int8`
+    derived by `method` (`int8-smooth` or `int8-smooth-ffn`) from them; the CPU default is left as it was.
+    Returns the files written."""
+    if method not in SMOOTHED:
+        raise InputError(f"calibration is for the smoothed derivations {list(SMOOTHED)}, not {method!r}")
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    unknown = sorted(set(models or ()) - set(manifest["models"]))
+    if unknown:
+        raise InputError(f"{bundle}: no model {unknown}; it has {list(manifest['models'])}")
     docs = calibration_documents(manifest, corpus, documents, seed)
     feeds: dict[str, Callable[[Pipeline], None]] = {
         "ner": lambda pipe: [pipe.entities(d.text) for d in tqdm(docs, desc="calibrate ner", unit="doc")],
@@ -70,14 +83,14 @@ def calibrate(bundle: Path, corpus: Path, documents: int = 16, seed: int = 13) -
     }
     declare(manifest, "int8", [])  # every model may be forced to int8; the CPU default is untouched
     written = {}
-    for model in manifest["models"]:
+    for model in models or manifest["models"]:
         maxima = _recorded(bundle, manifest, model, feeds[model])
         path = bundle / model / CALIBRATION_FILE
         # fp16 keeps the maxima to 3 significant digits, which moves the smoothing factors by under 0.1 %.
         np.savez_compressed(path, **{k: v.astype(np.float16) for k, v in maxima.items()})
         manifest["models"][model]["variants"]["int8"]["derive"] = {
             "from": SOURCE,
-            "method": "int8-smooth",
+            "method": method,
             "alpha": SMOOTH_ALPHA,
             "calibration": f"{model}/{CALIBRATION_FILE}",
             "calibration_sha256": sha256(path),
