@@ -32,14 +32,35 @@ LIBRARIES = (
 )
 
 
+# The instruction sets int8 and fp32 kernels choose between: the same "AMD EPYC" name covers a Zen 3 without
+# AVX-512 and a Zen 4 with AVX-512 VNNI, whose int8 peaks differ by more than 2x (BENCHMARKS.md).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
 def cpu_model() -> str:
+    """The CPU's name, with its family and model where the name alone does not tell the generation."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        fields = dict(
+            line.split(":", 1)
+            for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+            if ":" in line
+        )
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+        return f"{fields['model name']} (family {family} model {model})"
+    except (OSError, KeyError):
+        return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Which of `ISA_FLAGS` the CPU has (empty where /proc/cpuinfo is not there)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return []
+    lines = text.splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return [f for f in ISA_FLAGS if f in flags]
 
 
 def gpu_name() -> str | None:
@@ -68,6 +89,7 @@ def describe() -> dict[str, Any]:
     """The machine as BENCHMARKS.md records it; the load average says how contended it was."""
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "gpu": gpu_name(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
