@@ -37,29 +37,26 @@ LIBRARIES = (
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
 
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+
+
 def cpu_model() -> str:
     """The CPU's name, with its family and model where the name alone does not tell the generation."""
-    try:
-        fields = dict(
-            line.split(":", 1)
-            for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-            if ":" in line
-        )
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        family, model = fields.get("cpu family", "?"), fields.get("model", "?")
-        return f"{fields['model name']} (family {family} model {model})"
-    except (OSError, KeyError):
+    fields = _cpuinfo()
+    if "model name" not in fields:
         return platform.processor() or platform.machine()
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
 
 
 def cpu_flags() -> list[str]:
     """Which of `ISA_FLAGS` the CPU has (empty where /proc/cpuinfo is not there)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    lines = text.splitlines()
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    flags = _cpuinfo().get("flags", "").split()
     return [f for f in ISA_FLAGS if f in flags]
 
 

@@ -218,11 +218,12 @@ def pair_relations(
         lo, hi = min(marked, partner), max(marked, partner)
         pairs.setdefault((lo, hi), []).append(probs if marked == lo else probs[flip])
     weights = np.array([none_weight if lab == "0" else 1.0 for lab in labels])
+    names = tuple(labels)
     found = []
     for (lo, hi), frames in sorted(pairs.items()):
         scores = np.mean(frames, axis=0) * weights
         if signatures:
-            scores = np.where(_signature_mask(tuple(labels), types[lo], types[hi], signatures), scores, -1.0)
+            scores = np.where(_signature_mask(names, types[lo], types[hi], signatures), scores, -1.0)
         rtype, _, arg = labels[int(scores.argmax())].partition(":")
         if arg == "2":
             found.append(WordRelation(rtype, lo, hi))
