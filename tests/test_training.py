@@ -14,9 +14,12 @@ from app.pipeline import Pipeline
 from app.text.brat import format_ann, parse_ann, read_corpus
 from app.text.encode import encode_document
 from app.text.subwords import WordPieces
+from training.config import TrainConfig
 from training.data import re_examples
 from training.models import load_tagger, torch_tagger
-from training.scripts.sweep import sweep, table
+from training.scripts.sweep import load_plan, sweep, table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +133,13 @@ def test_sweep_runs_side_by_side_and_tabulates(tiny: tuple[Path, Path], tmp_path
     assert {r["returncode"] for r in results.values()} == {0}
     assert all(0 <= r["dev"]["ner"]["f1"] <= 1 for r in results.values())
     assert table(results).count("\n| ") == 2 and (tmp_path / "a.log").stat().st_size > 0
+
+
+@pytest.mark.parametrize("plan", sorted(ROOT.glob("training/configs/sweep-*.toml")), ids=lambda p: p.stem)
+def test_committed_plans_load_as_training_configs(plan: Path) -> None:
+    # A plan is run on a borrowed GPU, minutes at a time: a typo found there costs the lease.
+    runs = load_plan(plan)["run"]
+    assert len({r["name"] for r in runs}) == len(runs)
+    for r in runs:
+        config = TrainConfig.load(ROOT / r["config"], r.get("set", []))
+        assert config.task == r["task"]
