@@ -48,3 +48,14 @@ def test_roundtrip_then_evaluate_is_perfect(corpus_dir: Path, tmp_path: Path, ca
     assert ner["micro"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "tp": 54_388, "fp": 0, "fn": 0}
     assert re["micro"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "tp": 12_644, "fp": 0, "fn": 0}
     assert ner["missing_predictions"] == re["missing_predictions"] == []
+
+
+def test_gold_entities_never_are_a_bare_negation(corpus_dir: Path) -> None:
+    # The ground for `attach_negations`: the annotators put "не" inside the entity it qualifies.
+    bare = starting = 0
+    for doc in read_corpus(corpus_dir):
+        for e in doc.entities:
+            words = doc.text[e.start : e.end].lower().split()
+            bare += words == ["не"]
+            starting += len(words) > 1 and words[0] == "не"
+    assert bare == 0 and starting > 300

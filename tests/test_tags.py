@@ -10,6 +10,7 @@ from app.text.tags import (
     WordRelation,
     WordSpan,
     align,
+    attach_negations,
     decode_bio,
     decode_relations,
     encode_bio,
@@ -173,3 +174,32 @@ def test_span_probability_is_the_mean_of_its_tags() -> None:
     probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.4, 0.5]])
     assert span_prob(WordSpan("ACT", 1, 2), tags, probs, labels) == pytest.approx(0.6)
     assert span_prob(WordSpan("ACT", 1, 1), tags, probs, labels) == pytest.approx(0.7)
+
+
+NEGATION = [
+    # "не" tagged alone, the next word its own entity: one entity, the particle's type.
+    ([WordSpan("BIN", 0, 0), WordSpan("CMP", 1, 2)], ["не", "снижается", "объем"], [WordSpan("BIN", 0, 2)]),
+    # The next word in no entity: stretched over it; a later entity untouched.
+    (
+        [WordSpan("QUA", 1, 1), WordSpan("ECO", 3, 3)],
+        ["Проект", "Не", "реализован", "в", "бюджете"],
+        [WordSpan("QUA", 1, 2), WordSpan("ECO", 3, 3)],
+    ),
+    # Nothing to join: punctuation or the end of the sentence after it; "не" inside a longer entity.
+    ([WordSpan("BIN", 0, 0)], ["не", ","], [WordSpan("BIN", 0, 0)]),
+    ([WordSpan("BIN", 1, 1)], ["и", "не"], [WordSpan("BIN", 1, 1)]),
+    ([WordSpan("BIN", 0, 1)], ["не", "увеличивается"], [WordSpan("BIN", 0, 1)]),
+    # Another one-word entity is left alone.
+    (
+        [WordSpan("BIN", 0, 0), WordSpan("ECO", 1, 1)],
+        ["рост", "доходов"],
+        [WordSpan("BIN", 0, 0), WordSpan("ECO", 1, 1)],
+    ),
+]
+
+
+@pytest.mark.parametrize(("spans", "words", "joined"), NEGATION)
+def test_a_bare_negation_joins_the_word_after_it(
+    spans: list[WordSpan], words: list[str], joined: list[WordSpan]
+) -> None:
+    assert attach_negations(spans, words) == joined

