@@ -263,23 +263,28 @@ def test_broken_derivations_are_named(tiny_bundle: Path, tmp_path: Path, change,
 @pytest.mark.skipif(not (DEFAULT / MANIFEST).exists(), reason="models/default has not been exported yet")
 def test_default_bundle_derives_int8_relations_for_the_cpu(corpus_dir: Path) -> None:
     """On a CPU the shipped bundle runs its entity model as shipped (fp16) and its relation model, the
-    one run once per entity, as int8 made from fp16; given a real document's entities, the two relation
-    models agree (dev F1 on all 56 dev documents: training/RESULTS.md)."""
+    one run once per entity, as int8 made from fp16; given real documents' entities, the two relation
+    models mostly agree and find as many true relations (dev F1 on all 56 dev documents:
+    training/RESULTS.md)."""
     manifest = read_manifest(DEFAULT)
     assert choose(manifest, "ner", device="cpu").variant == "fp16"
     assert choose(manifest, "re", device="cpu").variant == "int8"
     # Its relation int8 smooths the feed-forward projections first, from the maxima the bundle ships.
     assert manifest["models"]["re"]["variants"]["int8"]["derive"]["method"] == "int8-smooth-ffn"
     assert check_bundle(DEFAULT, load_sessions=False) == []
-    doc = read_corpus(corpus_dir / "train_part_3")[0]
+    # Four documents' openings: on one alone (about 30 relations) agreement moves by 0.1 either way.
     cut = 6000
-    entities = [e for e in doc.entities if e.end <= cut]
-    found = {}
-    for name in ("fp16", "cpu-default"):
-        pipe = pipeline_for(DEFAULT, manifest, name)
-        found[name] = set(relation_keys(pipe.relations_for("d", doc.text[:cut], entities)))
-    assert len(found["fp16"]) > 10
+    found: dict[str, set] = {"fp16": set(), "cpu-default": set()}
+    gold = set()
+    for i, doc in enumerate(read_corpus(corpus_dir / "train_part_3")[:4]):
+        entities = [e for e in doc.entities if e.end <= cut]
+        gold |= {(i, k) for k in relation_keys(doc) if max(k[1][2], k[2][2]) <= cut}
+        for name in found:
+            pipe = pipeline_for(DEFAULT, manifest, name)
+            found[name] |= {(i, k) for k in relation_keys(pipe.relations_for("d", doc.text[:cut], entities))}
+    assert len(found["fp16"]) > 80
     assert len(found["fp16"] & found["cpu-default"]) >= 0.85 * len(found["fp16"]), found
+    assert len(found["cpu-default"] & gold) >= 0.9 * len(found["fp16"] & gold) > 0
 
 
 def test_cpu_default_can_be_one_model_s(
