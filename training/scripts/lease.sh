@@ -5,6 +5,7 @@
 # seconds; TIME_LIMIT 0 runs nothing), then tars every run's figures to $OUT/runs.tgz and, for each task
 # named, the best finished run's best checkpoint (fp16 safetensors, split into 15 MiB parts: the machine
 # returns at most 8 files of 16 MiB). Best: dev NER F1, or end-to-end F1 for relations (fixed before the runs).
+# Here: `cat NAME.tar.* | tar -xf - -C runs` after `tar -xzf runs.tgz`.
 # Expects, carried in the ignored .carry/: razdel's wheel (whl/) and the corpus as rurebus.tar.xz; and the
 # encoder at encoders/e5-small-ru stored as fp16 (`renersans encoder import-e5 ... --dtype float16`).
 set -u
@@ -61,8 +62,9 @@ for r in runs:
 best = max(scores, key=scores.get)
 print(task, scores, "->", best, flush=True)
 src = Path("runs") / best / "best"
-dst = Path("/tmp/pack") / best
-subprocess.run(["rm", "-rf", str(dst)]); dst.parent.mkdir(parents=True, exist_ok=True)
+# Packed as NAME/best, so that it unpacks beside runs.tgz's runs/NAME/ (its config.json is the run's).
+dst = Path("/tmp/pack") / best / "best"
+subprocess.run(["rm", "-rf", str(dst.parent)]); dst.parent.mkdir(parents=True, exist_ok=True)
 subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
 t = load_file(str(dst / "model.safetensors"))
 save_file({k: v.half().contiguous() for k, v in t.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
