@@ -161,8 +161,8 @@ class Pipeline:
         budget = tagger.spec.max_pieces - tagger.pieces.special
         inputs: list[Pieces] = []
         owners: list[tuple[int, int, int]] = []  # (sentence, window start, window end)
-        for si, s in enumerate(sentences):
-            words = [text[a:b] for a, b in s.words]
+        sentence_words = [[text[a:b] for a, b in s.words] for s in sentences]
+        for si, words in enumerate(sentence_words):
             lengths = tagger.pieces.lengths(words)
             for a, b in windows(lengths, budget, min(self.overlap, budget // 4)):
                 inputs.append(tagger.pieces.encode(words[a:b], tagger.spec.max_pieces))
@@ -178,7 +178,7 @@ class Pipeline:
                     margins[si][k] = margin
                     scores[si][k] = lg[k - a]
         spans = []
-        for s, sc in zip(sentences, scores, strict=True):
+        for words, sc in zip(sentence_words, scores, strict=True):
             probs = _softmax(sc)
             logprobs = np.log(probs)
             if self.o_bias:
@@ -191,7 +191,7 @@ class Pipeline:
             if self.min_entity_prob > 0:
                 found = [e for e in found if span_prob(e, tags, probs, labels) >= self.min_entity_prob]
             if self.join_negations:
-                found = attach_negations(found, [text[a:b] for a, b in s.words])
+                found = attach_negations(found, words)
             spans.append(found)
         return spans
 
