@@ -17,7 +17,7 @@ from app.text.subwords import WordPieces
 from training.config import TrainConfig
 from training.data import re_examples
 from training.models import load_tagger, torch_tagger
-from training.scripts.sweep import load_plan, sweep, table
+from training.scripts.sweep import finished, load_plan, sweep, table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,6 +133,9 @@ def test_sweep_runs_side_by_side_and_tabulates(tiny: tuple[Path, Path], tmp_path
     assert {r["returncode"] for r in results.values()} == {0}
     assert all(0 <= r["dev"]["ner"]["f1"] <= 1 for r in results.values())
     assert table(results).count("\n| ") == 2 and (tmp_path / "a.log").stat().st_size > 0
+    # Through their last epoch, so `--pending` leaves them out; a longer schedule would resume them.
+    assert all(finished(r, tmp_path) for r in plan["run"])
+    assert not finished({**plan["run"][0], "set": [*common, "epochs=2"]}, tmp_path)
 
 
 @pytest.mark.parametrize("plan", sorted(ROOT.glob("training/configs/sweep-*.toml")), ids=lambda p: p.stem)

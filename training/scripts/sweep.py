@@ -18,10 +18,12 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 from app.errors import InputError
+from training.config import TrainConfig
 
 
 def load_plan(path: Path) -> dict:
@@ -37,15 +39,26 @@ def load_plan(path: Path) -> dict:
     return plan
 
 
-def command(run: dict, runs_dir: Path) -> list[str]:
-    settings = [f"output={runs_dir / run['name']}", *run.get("set", [])]
+def finished(run: dict, runs_dir: Path) -> bool:
+    """Whether the run has been through its last epoch: a run cut by a time limit or a deadline has not, and
+    running the plan again resumes it (training/train.py)."""
+    metrics = runs_dir / run["name"] / "metrics.json"
+    if not metrics.exists():
+        return False
+    epochs = TrainConfig.load(Path(run["config"]), run.get("set", [])).epochs
+    history = json.loads(metrics.read_text())["best_epoch_history"]
+    return bool(history) and not history[-1].get("partial") and history[-1]["epoch"] == epochs
+
+
+def command(run: dict, runs_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    settings = [f"output={runs_dir / run['name']}", *run.get("set", []), *extra]
     args = [sys.executable, "-m", "app.cli", "train", run["task"], "--config", run["config"]]
     return args + [a for s in settings for a in ("--set", s)]
 
 
-def sweep(plan: dict, runs_dir: Path, threads: int) -> dict[str, dict]:
-    """Start the runs, at most `parallel` at once; stop what is left at the deadline; return each run's
-    exit status, wall time and dev figures."""
+def sweep(plan: dict, runs_dir: Path, threads: int, extra: Sequence[str] = ()) -> dict[str, dict]:
+    """Start the runs, at most `parallel` at once, each with the settings `extra` after its own; stop what
+    is left at the deadline; return each run's exit status, wall time and dev figures."""
     pending = list(plan["run"])
     parallel = int(plan.get("parallel", 1))
     deadline = time.monotonic() + plan["deadline"] if plan.get("deadline") else float("inf")
@@ -57,9 +70,10 @@ def sweep(plan: dict, runs_dir: Path, threads: int) -> dict[str, dict]:
         while pending and len(running) < parallel:
             run = pending.pop(0)
             log = open(runs_dir / f"{run['name']}.log", "w")  # noqa: SIM115 (closed when the run ends)
-            proc = subprocess.Popen(command(run, runs_dir), stdout=log, stderr=subprocess.STDOUT, env=env)
+            args = command(run, runs_dir, extra)
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
             running[run["name"]] = (proc, time.monotonic(), log)
-            print(f"started {run['name']}: {' '.join(command(run, runs_dir)[2:])}", flush=True)
+            print(f"started {run['name']}: {' '.join(args[2:])}", flush=True)
         time.sleep(2)
         for name, (proc, started, log) in list(running.items()):
             if proc.poll() is None and time.monotonic() > deadline:
@@ -106,8 +120,23 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="where runs write (default: runs)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per run (default: 2)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for every run, after its own",
+    )
+    parser.add_argument("--deadline", type=float, help="seconds, instead of the plan's")
+    parser.add_argument("--pending", action="store_true", help="only the runs not through their last epoch")
     args = parser.parse_args()
-    results = sweep(load_plan(args.plan), args.runs, args.threads)
+    plan = load_plan(args.plan)
+    if args.deadline is not None:
+        plan["deadline"] = args.deadline
+    if args.pending:
+        plan["run"] = [r for r in plan["run"] if not finished(r, args.runs)]
+        print(f"to run: {[r['name'] for r in plan['run']]}", flush=True)
+    results = sweep(plan, args.runs, args.threads, args.set)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
