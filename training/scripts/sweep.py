@@ -6,7 +6,9 @@ kernel launches, so running them side by side costs far less wall time than one 
 
 A plan is TOML: `parallel` (runs at once), `deadline` (seconds after which unfinished runs are stopped; 0 for
 none) and one `[[run]]` table per run with `name`, `task`, `config` and `set` (a list of KEY=VALUE
-overrides, as `renersans train --set`). Each run writes `runs/NAME/` and `runs/NAME.log`.
+overrides, as `renersans train --set`). Each run writes `runs/NAME/` and `runs/NAME.log`. Run again, a plan
+resumes its runs from their last checkpoints; `--pending` leaves out those already through their last epoch,
+`--set` adds a setting to every run and `--deadline` replaces the plan's (training/scripts/lease.sh).
 """
 
 from __future__ import annotations
