@@ -1,7 +1,8 @@
 """Model bundles: a directory with `manifest.json`, a tokenizer and ONNX files per model and variant.
 
 The manifest describes the bundle completely (format version, labels, markers, length, files with their
-checksums, precisions and providers), so the service needs nothing but this directory and ONNX Runtime.
+checksums, precisions and providers, and the decoding its dev figures were measured with), so the service
+needs nothing but this directory and ONNX Runtime.
 `check_bundle` names every problem it finds; `load_bundle` refuses a bundle with any.
 """
 
@@ -20,7 +21,7 @@ from tokenizers import Tokenizer
 
 from app import faults
 from app.errors import BundleError
-from app.pipeline import Tagger, TaggerSpec
+from app.pipeline import Tagger, TaggerSpec, decoding_settings
 from app.text.subwords import WordPieces
 from app.text.tags import BIO_LABELS, RELATION_LABELS
 
@@ -62,6 +63,16 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     (Path(root) / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
 
+def decoding(manifest: dict[str, Any], root: Path | str = "") -> dict[str, Any]:
+    """The bundle's decoding settings as Pipeline keyword arguments; settings it leaves out (a bundle from
+    before they were recorded leaves out all) keep the pipeline's defaults."""
+    try:
+        return decoding_settings(manifest.get("decoding", {}))
+    except ValueError as exc:
+        where = Path(root) / MANIFEST if root else MANIFEST
+        raise BundleError(f"{where}: {exc}: correct it, or remove the setting for the default") from exc
+
+
 def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
     """Every problem with the bundle at `root`, as sentences naming the file; empty when it is sound."""
     root = Path(root)
@@ -70,6 +81,10 @@ def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
     except BundleError as exc:
         return [str(exc)]
     problems = []
+    try:
+        decoding(manifest, root)
+    except BundleError as exc:
+        problems.append(str(exc))
     models = manifest.get("models", {})
     if "ner" not in models:
         problems.append(f"{root / MANIFEST}: no 'ner' model")

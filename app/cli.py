@@ -92,6 +92,39 @@ def _bundle_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _bundle_decoding(args: argparse.Namespace) -> int:
+    from app.bundle import decoding, read_manifest, write_manifest
+    from app.errors import BundleError
+    from app.pipeline import Pipeline, decoding_settings
+
+    manifest = read_manifest(args.dir)
+    settings = Pipeline(**decoding(manifest, args.dir)).decoding
+    for item in args.set or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise BundleError(f"--set {item!r}: write it as NAME=VALUE, e.g. --set none_weight=1.0")
+        try:
+            value = json.loads(text)  # numbers, true and false
+        except json.JSONDecodeError:
+            value = text  # names such as viterbi
+        settings[key.strip()] = value
+    if args.set:
+        try:
+            settings = Pipeline(**decoding_settings(settings)).decoding
+        except ValueError as exc:
+            raise BundleError(f"--set: {exc}; {args.dir} is unchanged") from exc
+        manifest["decoding"] = settings
+        write_manifest(args.dir, manifest)
+    print(json.dumps(settings, indent=2))
+    measured = manifest.get("dev_metrics", {}).get("decoding")
+    if measured is not None and Pipeline(**decoding({"decoding": measured})).decoding != settings:
+        print(
+            f"note: the dev figures in {args.dir}/manifest.json were measured with another decoding "
+            f"({json.dumps(measured)}); `renersans bundle measure {args.dir} --record` measures these"
+        )
+    return 0
+
+
 def _bundle_derive(args: argparse.Namespace) -> int:
     from app.bundle import MANIFEST, check_bundle, read_manifest, variant_file, write_manifest
     from app.derive import declare, default_cache_dir
@@ -339,6 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--record", action="store_true", help="store the figures in the manifest and model card")
     p.set_defaults(func=_bundle_measure)
+    p = bundle.add_parser(
+        "decoding",
+        help="show the decoding settings the service uses with this bundle, or change them (--set)",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="bio (viterbi, argmax), pairs (pair, either), o_bias, none_weight, min_entity_prob, "
+        "join_negations (true, false); repeatable. Choose them on dev: training/scripts/decoding_ablation.py",
+    )
+    p.set_defaults(func=_bundle_decoding)
 
     p = sub.add_parser("serve", help="start the HTTP service (uvicorn)")
     p.add_argument("--bundle", type=Path, help="model bundle (default: $RENERSANS_BUNDLE or models/default)")

@@ -8,9 +8,11 @@ sessions through it, so dev figures and served output come from one implementati
 from __future__ import annotations
 
 import bisect
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -114,6 +116,45 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
+# The decoding settings a bundle carries in its manifest ("decoding"), as Pipeline fields: the figures on its
+# card were measured with them, so the service decodes with them too (see `decoding_settings`).
+DECODING_CHOICES = {"bio": ("viterbi", "argmax"), "pairs": ("pair", "either")}
+DECODING_NUMBERS = {
+    "o_bias": (-math.inf, math.inf),
+    "none_weight": (0.0, math.inf),
+    "min_entity_prob": (0.0, 1.0),
+}
+DECODING_FLAGS = ("join_negations",)
+DECODING = (*DECODING_CHOICES, *DECODING_NUMBERS, *DECODING_FLAGS)
+
+
+def decoding_settings(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Pipeline keyword arguments from a bundle's "decoding" entry, checked; a setting it leaves out keeps the
+    pipeline's default. Raises ValueError naming the setting and what it accepts."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"decoding must be an object of settings, not {type(entry).__name__}")
+    settings: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in DECODING_CHOICES:
+            if value not in DECODING_CHOICES[key]:
+                raise ValueError(
+                    f"decoding {key} is {value!r}; it takes one of {list(DECODING_CHOICES[key])}"
+                )
+        elif key in DECODING_NUMBERS:
+            low, high = DECODING_NUMBERS[key]
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not low <= value <= high:
+                raise ValueError(f"decoding {key} is {value!r}; it takes a number from {low} to {high}")
+            value = float(value)
+        elif key in DECODING_FLAGS:
+            if not isinstance(value, bool):
+                raise ValueError(f"decoding {key} is {value!r}; it takes true or false")
+        else:
+            raise ValueError(f"unknown decoding setting {key!r}; this version knows {list(DECODING)}")
+        settings[key] = value
+    return settings
+
+
 @dataclass
 class Pipeline:
     ner: Tagger | None = None
@@ -138,8 +179,8 @@ class Pipeline:
     # the weight of 'no relation' in one-per-pair decisions (below 1: more relations). Chosen on dev with
     # the shipped models (training/RESULTS.md): any bias on `O` lowered NER F1, so it is 0; weight 0.8
     # raised relations given gold entities from 0.4843 to 0.4905 and end to end from 0.2258 to 0.2280 with
-    # the relation model shipped before. With today's, weight 1 would trade 0.003 of the first for 0.004 of
-    # the second; it stays 0.8 until bundles carry their own weight (RESULTS.md).
+    # the relation model shipped before. These are the defaults of a new bundle; a bundle's manifest carries
+    # the settings it serves with (`decoding_settings`, `renersans bundle decoding`).
     o_bias: float = 0.0
     none_weight: float = 0.8
     # Relations a pair of entity types may hold, (Arg1 type, relation, Arg2 type); empty allows all. Those
@@ -149,6 +190,11 @@ class Pipeline:
     # A decoded entity that is a bare negation particle ("не") joins the word after it, as the annotators'
     # guidelines have it (`attach_negations`). On dev with the shipped models: NER F1 0.5622 -> 0.5659.
     join_negations: bool = True
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """The decoding settings in use, as a bundle's manifest records them."""
+        return {key: getattr(self, key) for key in DECODING}
 
     def entities(self, text: str, sentences: Sequence[Sentence] | None = None) -> list[list[WordSpan]]:
         """Entity spans per sentence. Sentences longer than the model are cut into overlapping windows;

@@ -37,6 +37,8 @@ class ModelInfo(BaseModel):
     encoder: str | None = None
     relations: bool
     size_bytes: int
+    # The decoding the bundle's dev figures were measured with (its manifest), which this service uses.
+    decoding: dict[str, str | float | bool] = {}
 
 
 class ExtractResponse(BaseModel):

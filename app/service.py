@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.batching import BatchingRunner
-from app.bundle import CUDA, bundle_size, check_bundle, choose, onnx_tagger, read_manifest
+from app.bundle import CUDA, bundle_size, check_bundle, choose, decoding, onnx_tagger, read_manifest
 from app.errors import BundleError, InvalidEntities
 from app.pipeline import Pipeline, Tagger
 from app.settings import Settings
@@ -53,7 +53,12 @@ class Extractor:
         self.batchers: list[BatchingRunner] = []
         if settings.batch_wait_ms > 0:
             taggers = {name: self._batched(t, settings) for name, t in taggers.items()}
-        self.pipeline = Pipeline(ner=taggers["ner"], re=taggers.get("re"), batch_size=settings.batch_size)
+        self.pipeline = Pipeline(
+            ner=taggers["ner"],
+            re=taggers.get("re"),
+            batch_size=settings.batch_size,
+            **decoding(self.manifest, root),
+        )
         self.providers = {name: t.providers for name, t in taggers.items()}
         for name, choice in self.choices.items():
             log.info(
@@ -104,6 +109,7 @@ class Extractor:
             "encoder": self.manifest["models"]["ner"].get("encoder"),
             "relations": self.has_relations,
             "size_bytes": bundle_size(self.bundle),
+            "decoding": self.pipeline.decoding,
         }
 
     def extract(self, text: str, relations: bool = True, name: str = "request") -> Result:

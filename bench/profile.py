@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bundle import CPU, Choice, onnx_tagger, read_manifest
+from app.bundle import CPU, Choice, decoding, onnx_tagger, read_manifest
 from app.pipeline import Pipeline, Tagger
 from bench.docs import DEFAULT_CORPUS, corpus_texts, pages
 from bench.machine import describe, write_result
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
         taggers[name] = Tagger(record, tagger.pieces, tagger.spec, tagger.providers)
     text = pages(corpus_texts(args.corpus), args.pages)
-    Pipeline(ner=taggers["ner"], re=taggers.get("re")).extract("profile", text)
+    Pipeline(ner=taggers["ner"], re=taggers.get("re"), **decoding(manifest, args.bundle)).extract(
+        "profile", text
+    )
 
     import onnxruntime as ort
 

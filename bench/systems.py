@@ -127,14 +127,16 @@ def _meter(pipe: Pipeline, arch: Architecture) -> dict[str, Meter]:
     return meters
 
 
-def torch_pipeline(ner: Path, re: Path, device: str) -> Pipeline:
+def torch_pipeline(ner: Path, re: Path, device: str, bundle: Path) -> Pipeline:
+    """The baselines' pipeline: eager PyTorch on the checkpoints, decoding as `bundle` (ours) does."""
+    from app.bundle import decoding, read_manifest
     from training.models import load_tagger, torch_tagger
 
     taggers = []
     for path in (ner, re):
         model, tokenizer, meta = load_tagger(path, device)
         taggers.append(torch_tagger(model, tokenizer, meta["max_pieces"], meta.get("typed_markers", False)))
-    return Pipeline(ner=taggers[0], re=taggers[1])
+    return Pipeline(ner=taggers[0], re=taggers[1], **decoding(read_manifest(bundle), bundle))
 
 
 def build(
@@ -160,7 +162,7 @@ def build(
     elif name in ("torch", "paper"):
         import torch
 
-        pipe = torch_pipeline(ner, re, device)
+        pipe = torch_pipeline(ner, re, device, bundle)
         info = {"torch_threads": torch.get_num_threads(), "device": device, "precision": "fp32"}
         if name == "paper":
             # One batch per sentence, whatever its number of copies.

@@ -187,3 +187,37 @@ def test_lower_none_weight_only_adds_relations(corpus_dir: Path) -> None:
     pipe.none_weight = 1.0
     plain = set(relation_keys(pipe.relations_for("d", doc.text[:cut], entities)))
     assert len(plain) > 5 and plain < weighted, (plain, weighted)
+
+
+def test_bundle_carries_its_decoding_to_every_pipeline(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The manifest's `decoding` is what the service, `bundle measure` and the benchmarks decode with, and
+    `renersans bundle decoding --set` changes it, refusing a bad value with the bundle unchanged."""
+    from app.errors import BundleError
+    from app.service import Extractor
+    from app.settings import Settings
+
+    assert read_manifest(tiny_bundle)["decoding"] == Pipeline().decoding  # export records the defaults
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    changed = ["--set", "bio=argmax", "--set", "none_weight=0.05", "--set", "join_negations=false"]
+    assert main(["bundle", "decoding", str(bundle), *changed]) == 0
+    manifest = read_manifest(bundle)
+    expected = {**Pipeline().decoding, "bio": "argmax", "none_weight": 0.05, "join_negations": False}
+    assert manifest["decoding"] == expected
+    extractor = Extractor(Settings(bundle=bundle, variant="fp32"))
+    assert extractor.pipeline.decoding == expected
+    assert extractor.info()["decoding"] == expected
+    assert pipeline_for(bundle, manifest, "fp32").decoding == expected
+
+    before = (bundle / "manifest.json").read_text()
+    assert main(["bundle", "decoding", str(bundle), "--set", "bio=beam"]) == 2
+    assert main(["bundle", "decoding", str(bundle), "--set", "none_weight=-1"]) == 2
+    assert main(["bundle", "decoding", str(bundle), "--set", "no_such=1"]) == 2
+    assert (bundle / "manifest.json").read_text() == before
+
+    manifest["decoding"]["pairs"] = "both"  # edited by hand
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    problems = check_bundle(bundle, load_sessions=False)
+    assert len(problems) == 1 and "decoding pairs is 'both'" in problems[0], problems
+    with pytest.raises(BundleError, match="decoding pairs"):
+        Extractor(Settings(bundle=bundle, variant="fp32"))

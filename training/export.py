@@ -25,6 +25,7 @@ from torch import nn
 from app.bundle import CPU, CUDA, FORMAT, FORMAT_VERSION, check_bundle, sha256, write_manifest
 from app.derive import declare, quantize_int8
 from app.errors import BundleError
+from app.pipeline import Pipeline
 from app.text.subwords import WordPieces, marker_tokens
 from training.models import SequenceTagger, load_tagger
 
@@ -231,6 +232,9 @@ def write_bundle(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "models": {m.name: m.info for m in models},
         "default_variant": default_variant,
+        # The service decodes with the bundle's settings; a new bundle takes the pipeline's defaults, and
+        # `renersans bundle decoding` changes them (then measure again: the dev figures hold for these).
+        "decoding": Pipeline().decoding,
         "dev_metrics": dev_metrics or {},
     }
     write_manifest(out_dir, manifest)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from app.bundle import CPU, Choice, choose, onnx_tagger, read_manifest, variant_file
+from app.bundle import CPU, Choice, choose, decoding, onnx_tagger, read_manifest, variant_file
 from app.metric import evaluate
 from app.pipeline import Pipeline
 from app.text.brat import Document, read_corpus
@@ -31,7 +31,7 @@ def pipeline_for(bundle: Path, manifest: dict, variant: str, threads: int = 0) -
         name: onnx_tagger(bundle, manifest, name, Choice(picked[name], [CPU], "measured"), threads)
         for name in manifest["models"]
     }
-    return Pipeline(ner=taggers["ner"], re=taggers.get("re"))
+    return Pipeline(ner=taggers["ner"], re=taggers.get("re"), **decoding(manifest, bundle))
 
 
 def dev_scores(pipe: Pipeline, gold: Sequence[Document], label: str) -> dict[str, float]:

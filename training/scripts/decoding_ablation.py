@@ -92,9 +92,9 @@ def main() -> None:
     settings += [("viterbi", "pair", t, 0.0, 1.0, 0) for t in floats(args.entity_probs)]
     grid = itertools.product(floats(args.o_biases) or [0.0], floats(args.none_weights) or [1.0])
     settings += [("viterbi", "pair", 0.0, b, w, 0) for b, w in grid if args.o_biases or args.none_weights]
-    default = Pipeline()
+    # The signature rows use the bundle's own decoding (`base`), as the service would.
     settings += [
-        (default.bio, default.pairs, 0.0, default.o_bias, default.none_weight, int(c))
+        (base.bio, base.pairs, 0.0, base.o_bias, base.none_weight, int(c))
         for c in floats(args.signature_counts)
     ]
     for bio, pairs, min_prob, o_bias, none_weight, min_count in settings:
@@ -106,6 +106,7 @@ def main() -> None:
             min_entity_prob=min_prob,
             o_bias=o_bias,
             none_weight=none_weight,
+            join_negations=base.join_negations,
             signatures=frozenset(k for k, n in seen.items() if n >= min_count) if min_count else frozenset(),
         )
         started = time.perf_counter()
