@@ -159,9 +159,11 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.limits import GuardedH11Protocol
+    from app.settings import Settings
 
     if args.bundle:
         os.environ["RENERSANS_BUNDLE"] = str(args.bundle)
+    settings = Settings()
     uvicorn.run(
         "app.main:app_factory",
         factory=True,
@@ -172,6 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
         http=GuardedH11Protocol,
         timeout_graceful_shutdown=args.grace,
         timeout_keep_alive=5,
+        # uvicorn answers the request of a connection past the limit itself: 503, plain text, then closes.
+        limit_concurrency=settings.max_connections,
         log_level="warning",
     )
     return 0

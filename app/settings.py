@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     )
     max_concurrency: int = Field(4, gt=0, description="model requests run at once")
     max_queue: int = Field(32, ge=0, description="model requests waiting for a slot; more get 503 Overloaded")
+    # Each connection holds a file descriptor and some memory; past this the process would run out of them
+    # (1,024 descriptors is a common limit) long before the models could serve the requests.
+    max_connections: int = Field(
+        500, gt=1, description="open connections (idle keep-alive ones included); beyond, 503 at once"
+    )
     batch_size: int = Field(32, gt=0, description="sequences per encoder batch")
     # Cross-request batching (app/batching.py); off by default: on the CPU it measured slower (BENCHMARKS.md).
     batch_wait_ms: float = Field(

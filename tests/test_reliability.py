@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import threading
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import onnxruntime
@@ -540,6 +542,33 @@ def test_idle_connections_are_closed(server: str) -> None:
     assert answer.status is None and answer.seconds < READ_TIMEOUT_S + 3
 
 
+def test_connections_past_the_limit_are_refused_at_once(tiny_bundle: Path) -> None:
+    """A request that arrives while `RENERSANS_MAX_CONNECTIONS` connections are open, idle ones and its own
+    included, is answered 503 at once and its connection closed; once others close, requests are served."""
+    proc, url = start(tiny_bundle, RENERSANS_MAX_CONNECTIONS="4")
+    parts = urlsplit(url)
+    idle: list[socket.socket] = []
+    try:
+        wait_ready(proc, url)
+        idle += [socket.create_connection((parts.hostname, parts.port)) for _ in range(2)]
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # 3 open of 4
+        idle.append(socket.create_connection((parts.hostname, parts.port)))
+        started = time.monotonic()
+        refused = httpx.get(f"{url}/health", timeout=5)  # 4 open of 4
+        assert refused.status_code == 503 and time.monotonic() - started < 2
+        assert refused.headers["connection"] == "close"
+        for s in idle:
+            s.close()
+        idle.clear()
+        freed = lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200  # noqa: E731
+        wait_for(freed, what="the limit to free up")
+        assert httpx.post(f"{url}/extract", json={"text": "Рост доходов"}, timeout=30).status_code == 200
+    finally:
+        for s in idle:
+            s.close()
+        stop(proc)
+
+
 # ---- concurrency and request time -------------------------------------------------------------------------
 
 
@@ -932,6 +961,8 @@ def test_limits_have_safe_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 < s.max_request_bytes <= TEN_MB
     assert 0 < s.read_timeout_s <= 60 and 0 < s.request_timeout_s <= 600
     assert 1 <= s.max_concurrency <= 64 and 0 <= s.max_queue <= 1024
+    # Room for every model request and its queue, under a common limit of 1,024 descriptors.
+    assert s.max_concurrency + s.max_queue < s.max_connections <= 1000
     assert s.fault_injection is False and s.api_key == "" and s.cors_origins == []
 
 
