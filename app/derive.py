@@ -19,7 +19,7 @@ one implementation for the exporter and the host). Three methods:
 
 The result is cached under a key of the source file's checksum, the method (and calibration) and ONNX
 Runtime's version, so later starts load it directly; `renersans bundle derive` makes it ahead of time (the
-CPU image does so at build time).
+CPU image does so at build time), and `renersans cache prune` removes the files an upgrade left behind.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -271,8 +272,17 @@ def derive(
         quantize_int8(wide, out_path, smoothed)
 
 
-def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], cache_dir: Path) -> Path:
-    """The file of a derived variant: from the cache, or derived now (seconds) and cached."""
+PARTIAL = ".part"  # a derived file being written
+# Names `cached_path` gives: model, variant, source checksum (and calibration), method, versions.
+CACHED_NAME = re.compile(
+    r"^(?P<model>\w+)\.(?P<variant>\w+)\.(?P<source>[0-9a-f]{16}(?:-[0-9a-f]{8}-a[\d.]+)?)"
+    r"-(?P<method>int8-[a-z-]+?)-v(?P<version>\d+)-ort(?P<ort>.+)\.onnx$"
+)
+
+
+def cached_path(root: Path, model: str, variant: str, info: dict[str, Any], cache_dir: Path) -> Path:
+    """Where the derived `variant` of `model` is cached: named by its source file's checksum, the method
+    (and calibration), this derivation's version and ONNX Runtime's, so that no stale file is ever read."""
     import onnxruntime as ort
 
     spec = info["variants"][variant]["derive"]
@@ -287,14 +297,22 @@ def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], c
         # New maxima are a new derivation: the key names them, so a stale file is never reused.
         digest += f"-{sha256(calibration)[:8]}-a{spec.get('alpha', SMOOTH_ALPHA)}"
     key = f"{digest}-{spec['method']}-v{DERIVE_VERSION}-ort{ort.__version__}"
-    path = Path(cache_dir) / f"{model}.{variant}.{key}.onnx"
+    return Path(cache_dir) / f"{model}.{variant}.{key}.onnx"
+
+
+def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], cache_dir: Path) -> Path:
+    """The file of a derived variant: from the cache, or derived now (seconds) and cached."""
+    spec = info["variants"][variant]["derive"]
+    path = cached_path(root, model, variant, info, cache_dir)
     if path.is_file():
         return path
+    source = info["variants"][spec["from"]]
+    calibration = root / spec["calibration"] if spec.get("calibration") else None
     started = time.perf_counter()
     try:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         # Written beside its final name and renamed, so a crash or a second process never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=PARTIAL)
         os.close(fd)
     except OSError as exc:
         raise BundleError(
@@ -315,7 +333,62 @@ def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], c
         time.perf_counter() - started,
         path,
     )
+    stale = prune_cache(cache_dir, dry_run=True)
+    if stale:
+        log.info(
+            "%s holds %d derived files this installation no longer reads (%.0f MB): `renersans cache prune`",
+            cache_dir,
+            len(stale),
+            sum(size for _, size in stale) / 1e6,
+        )
     return path
+
+
+def cache_entries(cache_dir: Path) -> list[tuple[Path, str]]:
+    """Every derived file in `cache_dir` with what it is to this installation: "current" (made by this
+    derivation and ONNX Runtime), "other version" (by another: never read here), or "partial" (a write that
+    did not finish)."""
+    import onnxruntime as ort
+
+    entries = []
+    for path in sorted(Path(cache_dir).glob("*.onnx")) + sorted(Path(cache_dir).glob(f"tmp*{PARTIAL}")):
+        match = CACHED_NAME.match(path.name)
+        if path.name.endswith(PARTIAL):
+            entries.append((path, "partial"))
+        elif match:
+            current = match["version"] == str(DERIVE_VERSION) and match["ort"] == ort.__version__
+            entries.append((path, "current" if current else "other version"))
+    return entries
+
+
+def prune_cache(
+    cache_dir: Path, keep: Sequence[Path] | None = None, dry_run: bool = False, partial_age_s: float = 3600
+) -> list[tuple[Path, int]]:
+    """Remove (or with `dry_run` only list) the derived files this installation will not read again: those
+    made by another derivation or ONNX Runtime version, and partial writes older than `partial_age_s` (a
+    younger one may be a derivation under way). With `keep` (bundle directories), also every current file
+    that is not one of those bundles' derived variants. Other files in the directory are left alone.
+    Returns each file removed with its size in bytes."""
+    wanted: set[Path] = set()
+    for root in keep or ():
+        from app.bundle import read_manifest
+
+        manifest = read_manifest(Path(root))
+        for model, info in manifest["models"].items():
+            for variant, entry in info["variants"].items():
+                if "derive" in entry:
+                    wanted.add(cached_path(Path(root), model, variant, info, cache_dir))
+    removed = []
+    for path, state in cache_entries(cache_dir):
+        if state == "partial":
+            stale = time.time() - path.stat().st_mtime > partial_age_s
+        else:
+            stale = state == "other version" or (keep is not None and path not in wanted)
+        if stale:
+            removed.append((path, path.stat().st_size))
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    return removed
 
 
 def declare(

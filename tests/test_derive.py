@@ -235,6 +235,43 @@ def test_derived_variant_is_cached_and_reused(tiny_bundle: Path, tmp_path: Path)
     assert variant_file(bundle, manifest, "re", "int8", cache) != first
 
 
+def test_prune_removes_only_what_this_installation_will_not_read(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files of another ONNX Runtime or derivation version and abandoned partial writes go; the current
+    files stay, unless `--bundle` names the bundles to keep and they are not theirs; other files stay."""
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    bundle = fp16_only(tiny_bundle, tmp_path / "shipped", cache)
+    manifest = read_manifest(bundle)
+    current = {variant_file(bundle, manifest, m, "int8", cache) for m in ("ner", "re")}
+    other_ort = cache / next(iter(current)).name.replace(f"-ort{ort.__version__}", "-ort1.2.0")
+    other_derivation = cache / next(iter(current)).name.replace("-v1-", "-v0-")
+    foreign = cache / ("re.int8." + "f" * 16 + "-int8-dynamic-v1-ort" + ort.__version__ + ".onnx")
+    old_partial, young_partial, unrelated = cache / "tmpabc.part", cache / "tmpdef.part", cache / "notes.txt"
+    for path in (other_ort, other_derivation, foreign, old_partial, young_partial, unrelated):
+        path.write_bytes(b"x" * 1000)
+    os.utime(old_partial, (time.time() - 7200, time.time() - 7200))
+
+    assert main(["cache", "list", "--cache-dir", str(cache)]) == 0
+    listed = capsys.readouterr().out
+    assert f"{other_ort.name}" in listed and "other version" in listed and "notes.txt" not in listed
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--dry-run"]) == 0
+    assert other_ort.exists() and "would remove" in capsys.readouterr().out
+
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    left = set(cache.iterdir())
+    assert left == current | {foreign, young_partial, unrelated}, left
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--bundle", str(bundle)]) == 0
+    assert set(cache.iterdir()) == current | {young_partial, unrelated}
+    # What is kept is what the service reads: loading the bundle derives nothing again.
+    stamps = {p: p.stat().st_mtime_ns for p in current}
+    assert {variant_file(bundle, manifest, m, "int8", cache) for m in ("ner", "re")} == current
+    assert {p: p.stat().st_mtime_ns for p in current} == stamps
+
+
 def test_unwritable_cache_says_what_to_set(tiny_bundle: Path, tmp_path: Path) -> None:
     bundle = fp16_only(tiny_bundle, tmp_path / "shipped", tmp_path / "cache")
     blocker = tmp_path / "a-file"
