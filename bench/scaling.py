@@ -6,7 +6,8 @@
 Lengths: corpus documents concatenated to N pages; each system runs each length once (the baselines only
 up to their page limits: they would take many minutes on a small CPU). Entities per sentence: corpus
 sentences grouped by how many entities ours finds in them, one sentence per line; time per sentence per
-system. Writes bench/results/scaling-<device>.json and two PNG plots beside it.
+system. Writes bench/results/scaling-<device>.json (`--prefix` for another name) and two PNG plots beside
+it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from app.text.segment import segment
 from bench.docs import corpus_texts, pages, words
-from bench.machine import RESULTS, describe, rss_mb, write_result
+from bench.machine import RESULTS, describe, peak_rss_mb, rss_mb, write_result
 from bench.pipeline import run_docs
 from bench.systems import SYSTEMS, add_system_args, build, resolve_checkpoints
 
@@ -44,11 +45,13 @@ def by_length(systems: dict, corpus: list, counts: list[int], limits: dict[str, 
                 "words_per_s": words(text) / took,
                 "stages_ms": stages,
                 "rss_mb": rss_mb(),
+                "peak_rss_mb": peak_rss_mb(),  # of the process so far: every system loaded in it counts
             }
             rows.append(row)
             print(
                 f"{name:6s} {n_pages:4d} pages {row['words']:6d} words {took:8.2f} s "
-                f"{row['words_per_s']:7.1f} words/s  rss {row['rss_mb']:.0f} MB"
+                f"{row['words_per_s']:7.1f} words/s  rss {row['rss_mb']:.0f} MB, "
+                f"peak {row['peak_rss_mb']:.0f} MB"
             )
     return rows
 
@@ -93,7 +96,7 @@ def by_entities(systems: dict, corpus: list, per_bucket: int, docs: int) -> list
     return rows
 
 
-def plot(lengths: list[dict], entities: list[dict], device: str) -> None:
+def plot(lengths: list[dict], entities: list[dict], device: str, prefix: str = "scaling") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +116,7 @@ def plot(lengths: list[dict], entities: list[dict], device: str) -> None:
     ax[0].set_yscale("log")
     fig.suptitle(f"Time against document length ({device})")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"scaling-pages-{device}.png", dpi=110)
+    fig.savefig(RESULTS / f"{prefix}-pages-{device}.png", dpi=110)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["system"] for r in entities):
         rows = [r for r in entities if r["system"] == name]
@@ -127,7 +130,7 @@ def plot(lengths: list[dict], entities: list[dict], device: str) -> None:
     ax.legend()
     ax.set_title(f"Time against entities per sentence ({device})")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"scaling-entities-{device}.png", dpi=110)
+    fig.savefig(RESULTS / f"{prefix}-entities-{device}.png", dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-bucket", type=int, default=6, help="sentences per entity-count group")
     ap.add_argument("--entity-docs", type=int, default=12, help="corpus documents searched for sentences")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument(
+        "--prefix",
+        default="scaling",
+        help="results as PREFIX-<device>.json, plots PREFIX-pages-<device>.png ...",
+    )
     args = resolve_checkpoints(ap.parse_args(argv))
 
     corpus = corpus_texts(args.corpus)
@@ -150,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     lengths = by_length(systems, corpus, [int(x) for x in args.pages.split(",")], limits)
     entities = by_entities(systems, corpus, args.per_bucket, args.entity_docs) if "ours" in systems else []
-    plot(lengths, entities, args.device)
+    plot(lengths, entities, args.device, args.prefix)
     write_result(
-        f"scaling-{args.device}",
+        f"{args.prefix}-{args.device}",
         {
             "machine": describe(),
             "device": args.device,
