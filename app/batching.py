@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app import faults
 from app.pipeline import Runner
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class BatchingRunner:
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         if len(ids) == 0:
             return self.run(ids, mask)
+        # A fault injected for this request (tests only) lives in the caller's context, which the worker
+        # thread does not share: applied here, it travels with the rows into the shared batch.
+        ids = faults.before_model(ids)
         job = _Job(ids, mask, _lengths(mask), time.monotonic(), remaining=len(ids))
         with self._cond:
             if self._closed:

@@ -16,7 +16,8 @@ request header `X-Renersans-Fault`:
   that even then the answer is the service's JSON error (500) with an error id that the log also has.
 
 The fault travels in a context variable: FastAPI copies the request's context into the worker thread that
-runs the endpoint, so a fault set for one request can reach no other.
+runs the endpoint, so a fault set for one request can reach no other. With cross-request batching
+(app/batching.py) the batcher applies it in the request's thread, before its rows join a shared batch.
 """
 
 from __future__ import annotations
