@@ -117,6 +117,9 @@ assert s.get_providers()[0] == "CUDAExecutionProvider", "the CUDA provider did n
 EOF
   local corpus=(--corpus "$LEASE/rurebus")
   step pipeline 200 python3 -m bench.pipeline --device cuda "${corpus[@]}" --docs 3 --rounds 5 --out pipeline-cuda
+  # Which batches suit a GPU: the CPU's padding cap, none, or 128 rows (today's CUDA default is the CPU's).
+  step batches 90 python3 -m bench.pipeline --device cuda "${corpus[@]}" --docs 3 --rounds 3 \
+    --systems ours,ours-uncapped,ours-wide --out ablation-batches-cuda
   step http 170 python3 -m bench.http_load --device cuda "${corpus[@]}" --parts latency,batching --pairs 10 \
     --batching-rounds 3 --burst-seconds 15 --out http-cuda
   step scaling 120 python3 -m bench.scaling --device cuda "${corpus[@]}" --baseline-pages 30 --paper-pages 10
