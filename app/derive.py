@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from app.bundle import sha256
+from app.bundle import read_manifest, sha256
 from app.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -371,8 +371,6 @@ def prune_cache(
     Returns each file removed with its size in bytes."""
     wanted: set[Path] = set()
     for root in keep or ():
-        from app.bundle import read_manifest
-
         manifest = read_manifest(Path(root))
         for model, info in manifest["models"].items():
             for variant, entry in info["variants"].items():

@@ -221,3 +221,21 @@ def test_bundle_carries_its_decoding_to_every_pipeline(tiny_bundle: Path, tmp_pa
     assert len(problems) == 1 and "decoding pairs is 'both'" in problems[0], problems
     with pytest.raises(BundleError, match="decoding pairs"):
         Extractor(Settings(bundle=bundle, variant="fp32"))
+
+
+def test_measure_records_its_figures_with_the_bundle_decoding(
+    tiny_checkpoints: tuple[Path, Path, Path], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """`bundle measure --record` measures with the bundle's decoding and records that decoding beside the
+    figures, in the manifest and on the model card."""
+    corpus = tiny_checkpoints[0]
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    assert main(["bundle", "decoding", str(bundle), "--set", "none_weight=0.5"]) == 0
+    args = ["bundle", "measure", str(bundle), "--corpus", str(corpus), "--variants", "fp32", "--record"]
+    assert main(args) == 0
+    manifest = read_manifest(bundle)
+    assert manifest["decoding"]["none_weight"] == 0.5
+    assert manifest["dev_metrics"]["decoding"] == manifest["decoding"]
+    assert manifest["dev_metrics"]["documents"] > 0 and "ner" in manifest["dev_metrics"]["by_variant"]["fp32"]
+    assert "(weight of 'no relation' 0.5)" in (bundle / "README.md").read_text()
