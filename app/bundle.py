@@ -275,7 +275,9 @@ def onnx_tagger(
     labels = {h: tuple(v) for h, v in info["labels"].items()}
     spec = TaggerSpec(labels, info["max_pieces"], info.get("typed_markers", False), info.get("pad_id", 1))
     bound = device == "cuda" if io_binding is None else io_binding
-    return Tagger(run_bound if bound else run, WordPieces(tokenizer), spec, providers=used)
+    # Dynamic int8 scales each product's input by the range of the whole batch (app/derive.py).
+    dependent = info["variants"][choice.variant].get("precision", "").startswith("int8")
+    return Tagger(run_bound if bound else run, WordPieces(tokenizer), spec, used, batch_dependent=dependent)
 
 
 def bundle_size(root: Path) -> int:

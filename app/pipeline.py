@@ -53,21 +53,31 @@ class Tagger:
     pieces: WordPieces
     spec: TaggerSpec
     providers: list[str] = field(default_factory=list)  # where it runs, for reports
+    # Its output for a row depends on the other rows of the batch: int8 with dynamic quantization scales
+    # activations by the range of the whole batch. The pipeline then batches each sentence's relation copies
+    # apart (`run_batched`'s `sentences`), so that a sentence's relations depend on that sentence alone.
+    batch_dependent: bool = False
 
 
 def _batches(
-    order: Sequence[int], sizes: Sequence[int], max_batch: int, max_tokens: int, max_padding: float = 0.1
+    order: Sequence[int],
+    sizes: Sequence[int],
+    max_batch: int,
+    max_tokens: int,
+    max_padding: float = 0.1,
+    keys: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Consecutive groups of `order` (sorted by length) with at most `max_batch` items, padded size
     (items x longest) at most `max_tokens`, and padding at most `max_padding` of the real pieces: on a CPU
     a batch of 4 rows computes as fast per piece as one of 32, so padding is pure loss (the cap made the
-    int8 pipeline 1.23x faster, BENCHMARKS.md)."""
+    int8 pipeline 1.23x faster, BENCHMARKS.md). With `keys`, items of different keys never share a group."""
     groups: list[list[int]] = []
     real = 0
     for i in order:
         padded = (len(groups[-1]) + 1) * sizes[i] if groups else 0
         if (
             groups
+            and (keys is None or keys[groups[-1][0]] == keys[i])
             and len(groups[-1]) < max_batch
             and padded <= max_tokens
             and padded <= (real + sizes[i]) * (1 + max_padding)
@@ -87,12 +97,15 @@ def run_batched(
     batch_size: int = 32,
     max_tokens: int = 8192,
     max_padding: float = 0.1,
+    sentences: Sequence[int] | None = None,
 ) -> list[np.ndarray]:
-    """Logits of `head` at each word's first piece, one array [words, labels] per input, batched by length."""
+    """Logits of `head` at each word's first piece, one array [words, labels] per input, batched by length.
+    For a batch-dependent tagger, `sentences` (each input's sentence) keeps each sentence's inputs apart."""
     sizes = [len(p.ids) for p in inputs]
-    order = sorted(range(len(inputs)), key=lambda i: sizes[i])
+    keys = sentences if tagger.batch_dependent else None
+    order = sorted(range(len(inputs)), key=lambda i: (keys[i] if keys else 0, sizes[i]))
     out: list[np.ndarray] = [np.empty(0)] * len(inputs)
-    for group in _batches(order, sizes, batch_size, max_tokens, max_padding):
+    for group in _batches(order, sizes, batch_size, max_tokens, max_padding, keys):
         width = max(sizes[i] for i in group)
         ids = np.full((len(group), width), tagger.spec.pad_id, dtype=np.int64)
         mask = np.zeros((len(group), width), dtype=np.int64)
@@ -213,6 +226,8 @@ class Pipeline:
             for a, b in windows(lengths, budget, min(self.overlap, budget // 4)):
                 inputs.append(tagger.pieces.encode(words[a:b], tagger.spec.max_pieces))
                 owners.append((si, a, b))
+        # Not kept apart by sentence even for a batch-dependent (int8) entity model, which runs only when
+        # forced: a sentence is one row, and one row a call made this stage 1.27x slower on a 2-core CPU.
         logits = run_batched(tagger, inputs, "entity", self.batch_size, max_padding=self.max_padding)
         labels = tagger.spec.labels["entity"]
         margins = [np.full(len(s.words), -1) for s in sentences]
@@ -261,7 +276,14 @@ class Pipeline:
                 lo, hi = context_window(lengths, index[span.first] - 1, index[span.last] + 1, budget)
                 inputs.append(tagger.pieces.encode(marked[lo:hi], tagger.spec.max_pieces))
                 owners.append((si, k, lo, index))
-        logits = run_batched(tagger, inputs, "relation", self.batch_size, max_padding=self.max_padding)
+        logits = run_batched(
+            tagger,
+            inputs,
+            "relation",
+            self.batch_size,
+            max_padding=self.max_padding,
+            sentences=[o[0] for o in owners],
+        )
         labels = tagger.spec.labels["relation"]
         if self.pairs == "pair":
             readings: list[dict[tuple[int, int], np.ndarray]] = [{} for _ in sentences]

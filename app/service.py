@@ -6,7 +6,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.batching import BatchingRunner
@@ -81,7 +81,7 @@ class Extractor:
             pad_id=tagger.spec.pad_id,
         )
         self.batchers.append(batcher)
-        return Tagger(batcher, tagger.pieces, tagger.spec, tagger.providers)
+        return replace(tagger, run=batcher)
 
     def close(self) -> None:
         for batcher in self.batchers:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from app.bundle import CPU, Choice, decoding, onnx_tagger, read_manifest
-from app.pipeline import Pipeline, Tagger
+from app.pipeline import Pipeline
 from bench.docs import DEFAULT_CORPUS, corpus_texts, pages
 from bench.machine import describe, write_result
 from bench.systems import ROOT
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             seen.append((ids, mask))
             return run(ids, mask)
 
-        taggers[name] = Tagger(record, tagger.pieces, tagger.spec, tagger.providers)
+        taggers[name] = replace(tagger, run=record)
     text = pages(corpus_texts(args.corpus), args.pages)
     Pipeline(ner=taggers["ner"], re=taggers.get("re"), **decoding(manifest, args.bundle)).extract(
         "profile", text

@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,10 @@ from app.text.subwords import context_window, mark
 
 SYSTEMS = ("paper", "torch", "ours")
 ROOT = Path(__file__).resolve().parents[1]
-# Ablations of ours' encoder batches: as before the padding cap (length-sorted, up to 32 rows), and wide
-# (up to 128 rows, padding uncapped), which a GPU may prefer: fewer, larger calls.
-ABLATIONS = ("ours-uncapped", "ours-wide")
+# Ablations of ours' encoder batches: as before the padding cap (length-sorted, up to 32 rows); wide (up to
+# 128 rows, padding uncapped), which a GPU may prefer: fewer, larger calls; and mixed: an int8 relation
+# model's copies batched across the document, as before each sentence's were kept apart.
+ABLATIONS = ("ours-uncapped", "ours-wide", "ours-mixed")
 
 
 @dataclass
@@ -123,7 +124,7 @@ def _meter(pipe: Pipeline, arch: Architecture) -> dict[str, Meter]:
             setattr(
                 pipe,
                 name,
-                Tagger(metered(tagger.run, meters[name], arch), tagger.pieces, tagger.spec, tagger.providers),
+                replace(tagger, run=metered(tagger.run, meters[name], arch)),
             )
     return meters
 
@@ -154,10 +155,12 @@ def build(
             Settings(bundle=bundle, variant=variant, device=device, batch_wait_ms=batch_wait_ms)
         )
         pipe = extractor.pipeline
-        if name in ABLATIONS:
+        if name in ("ours-uncapped", "ours-wide"):
             pipe.max_padding = float("inf")
         if name == "ours-wide":
             pipe.batch_size = 128
+        if name == "ours-mixed" and pipe.re is not None:
+            pipe.re.batch_dependent = False
         info = {
             "variants": {k: c.variant for k, c in extractor.choices.items()},
             "providers": {k: p[0] for k, p in extractor.providers.items()},

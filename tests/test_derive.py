@@ -340,3 +340,34 @@ def test_cpu_default_can_be_one_model_s(
     assert choose(manifest, "ner", "int8", device="cpu").variant == "int8"  # still there to force
     assert main(["bundle", "derive", str(bundle), "--declare", "int8", "--cpu-default-for", "rel"]) != 0
     assert "no model ['rel'] in the bundle" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (DEFAULT / MANIFEST).exists(), reason="models/default has not been exported yet")
+def test_int8_sentences_answer_alike_in_any_document(corpus_dir: Path) -> None:
+    """Dynamic int8 scales a batch by its range, so a row's logits depend on its batch mates. The pipeline
+    batches each sentence's rows apart for such a model: a sentence's relations are then the same alone as
+    inside its document, bit for bit, where batching across the document changes them."""
+    from app.pipeline import run_batched
+    from app.text.segment import segment
+    from app.text.subwords import mark
+
+    pipe = pipeline_for(DEFAULT, read_manifest(DEFAULT), "cpu-default")
+    assert pipe.re is not None and pipe.re.batch_dependent and not pipe.ner.batch_dependent
+    text = "\n".join(d.text[:1500] for d in read_corpus(corpus_dir / "train_part_1")[:4])
+    sentences = segment(text)
+    spans = pipe.entities(text, sentences)
+    together = pipe.relations(text, sentences, spans)
+    alone = [pipe.relations(text, [s], [e])[0] for s, e in zip(sentences, spans, strict=True)]
+    assert together == alone and sum(map(len, together)) > 10
+
+    # The same rows batched across the document, as before: their logits move.
+    rows, owners = [], []
+    for si, (s, found) in enumerate(zip(sentences, spans, strict=True)):
+        for span in found if len(found) > 1 else []:
+            marked, _ = mark([text[a:b] for a, b in s.words], span, pipe.re.spec.typed_markers)
+            rows.append(pipe.re.pieces.encode(marked, pipe.re.spec.max_pieces))
+            owners.append(si)
+    apart = run_batched(pipe.re, rows, "relation", sentences=owners)
+    pipe.re.batch_dependent = False
+    mixed = run_batched(pipe.re, rows, "relation", sentences=owners)
+    assert any(not np.array_equal(a, b) for a, b in zip(apart, mixed, strict=True))
