@@ -259,7 +259,8 @@ class Pipeline:
     def relations(
         self, text: str, sentences: Sequence[Sentence], spans: Sequence[Sequence[WordSpan]]
     ) -> list[list[WordRelation]]:
-        """Relations per sentence: one marked copy per entity, all copies of the document batched together."""
+        """Relations per sentence: one marked copy per entity, all copies of the document batched together
+        (a batch-dependent model's one sentence at a time: `Tagger.batch_dependent`)."""
         if self.re is None:
             return [[] for _ in sentences]
         tagger = self.re
