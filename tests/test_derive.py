@@ -257,7 +257,7 @@ def test_prune_removes_only_what_this_installation_will_not_read(
 
     assert main(["cache", "list", "--cache-dir", str(cache)]) == 0
     listed = capsys.readouterr().out
-    assert f"{other_ort.name}" in listed and "other version" in listed and "notes.txt" not in listed
+    assert other_ort.name in listed and "other version" in listed and "notes.txt" not in listed
     assert main(["cache", "prune", "--cache-dir", str(cache), "--dry-run"]) == 0
     assert other_ort.exists() and "would remove" in capsys.readouterr().out
 
