@@ -198,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
         http=GuardedH11Protocol,
         timeout_graceful_shutdown=args.grace,
         timeout_keep_alive=5,
-        # uvicorn answers the request of a connection past the limit itself: 503, plain text, then closes.
+        # Past it a request gets 503 Overloaded and its connection is closed (app/limits.py).
         limit_concurrency=settings.max_connections,
         log_level="warning",
     )

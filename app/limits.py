@@ -284,11 +284,42 @@ def _head_timeout_response() -> bytes:
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, plus: a request's head (request line and headers) must arrive within
     `read_timeout_s` of the connection or of its first byte, else the connection is closed (with a 408 when
-    part of a head had arrived)."""
+    part of a head had arrived); and past `limit_concurrency` open connections (or requests in progress)
+    the answer is the service's JSON 503 `Overloaded`, not uvicorn's plain text."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        # uvicorn's own check at the limit answers in plain text: turned off here, and the same check made
+        # in front of the application instead.
+        limit, self.limit_concurrency = self.limit_concurrency, None
+        if limit is not None:
+            self.app = self._limited(self.app, limit)
+
+    def _limited(self, app: ASGIApp, limit: int) -> ASGIApp:
+        async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+            # This request's own task is already counted among the tasks; uvicorn counts before adding it.
+            if len(self.connections) >= limit or len(self.tasks) - 1 >= limit:
+                log.warning(
+                    "refused a request from %s: %d connections open", self.client, len(self.connections)
+                )
+                error = Overloaded(
+                    f"{len(self.connections)} connections are open, the most this server takes "
+                    "(RENERSANS_MAX_CONNECTIONS): retry later"
+                )
+                body = json.dumps(error.body()).encode()
+                headers = [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+                headers += [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ]
+                await send({"type": "http.response.start", "status": error.status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await app(scope, receive, send)
+
+        return limited
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

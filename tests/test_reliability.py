@@ -544,7 +544,8 @@ def test_idle_connections_are_closed(server: str) -> None:
 
 def test_connections_past_the_limit_are_refused_at_once(tiny_bundle: Path) -> None:
     """A request that arrives while `RENERSANS_MAX_CONNECTIONS` connections are open, idle ones and its own
-    included, is answered 503 at once and its connection closed; once others close, requests are served."""
+    included, is answered 503 `Overloaded` at once, in the service's JSON, and its connection closed; once
+    others close, requests are served."""
     proc, url = start(tiny_bundle, RENERSANS_MAX_CONNECTIONS="4")
     parts = urlsplit(url)
     idle: list[socket.socket] = []
@@ -556,7 +557,11 @@ def test_connections_past_the_limit_are_refused_at_once(tiny_bundle: Path) -> No
         started = time.monotonic()
         refused = httpx.get(f"{url}/health", timeout=5)  # 4 open of 4
         assert refused.status_code == 503 and time.monotonic() - started < 2
-        assert refused.headers["connection"] == "close"
+        assert (
+            refused.json()["error"] == "Overloaded"
+            and "RENERSANS_MAX_CONNECTIONS" in refused.json()["detail"]
+        )
+        assert refused.headers["connection"] == "close" and refused.headers["retry-after"] == "1"
         for s in idle:
             s.close()
         idle.clear()
