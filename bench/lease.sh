@@ -16,7 +16,7 @@
 # the lot under /tmp (the machine's Python is 3.12), checks that a session really starts on CUDA, then runs
 # the benchmarks most wanted first, each bounded, packing the results after each so a cut run still returns
 # what it finished.
-set -u
+set -u -o pipefail  # a failing command before `| tee` fails its line
 cd "$(dirname "$0")/.."
 STAGE=.carry/gpu-bench
 LEASE=/tmp/lease
