@@ -64,8 +64,8 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
 
 
 def decoding(manifest: dict[str, Any], root: Path | str = "") -> dict[str, Any]:
-    """The bundle's decoding settings as Pipeline keyword arguments; settings it leaves out (a bundle from
-    before they were recorded leaves out all) keep the pipeline's defaults."""
+    """The bundle's decoding settings as Pipeline keyword arguments, all of them: those it leaves out (a
+    bundle from before they were recorded leaves out all) take the pipeline's defaults."""
     try:
         return decoding_settings(manifest.get("decoding", {}))
     except ValueError as exc:

@@ -95,10 +95,10 @@ def _bundle_check(args: argparse.Namespace) -> int:
 def _bundle_decoding(args: argparse.Namespace) -> int:
     from app.bundle import decoding, read_manifest, write_manifest
     from app.errors import BundleError
-    from app.pipeline import Pipeline, decoding_settings
+    from app.pipeline import decoding_settings
 
     manifest = read_manifest(args.dir)
-    settings = Pipeline(**decoding(manifest, args.dir)).decoding
+    settings = decoding(manifest, args.dir)
     for item in args.set or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -110,14 +110,14 @@ def _bundle_decoding(args: argparse.Namespace) -> int:
         settings[key.strip()] = value
     if args.set:
         try:
-            settings = Pipeline(**decoding_settings(settings)).decoding
+            settings = decoding_settings(settings)
         except ValueError as exc:
             raise BundleError(f"--set: {exc}; {args.dir} is unchanged") from exc
         manifest["decoding"] = settings
         write_manifest(args.dir, manifest)
     print(json.dumps(settings, indent=2))
     measured = manifest.get("dev_metrics", {}).get("decoding")
-    if measured is not None and Pipeline(**decoding({"decoding": measured})).decoding != settings:
+    if measured is not None and decoding({"decoding": measured}) != settings:
         print(
             f"note: the dev figures in {args.dir}/manifest.json were measured with another decoding "
             f"({json.dumps(measured)}); `renersans bundle measure {args.dir} --record` measures these"

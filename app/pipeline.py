@@ -142,8 +142,8 @@ DECODING = (*DECODING_CHOICES, *DECODING_NUMBERS, *DECODING_FLAGS)
 
 
 def decoding_settings(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Pipeline keyword arguments from a bundle's "decoding" entry, checked; a setting it leaves out keeps the
-    pipeline's default. Raises ValueError naming the setting and what it accepts."""
+    """Pipeline keyword arguments from a bundle's "decoding" entry, checked, every setting included: one it
+    leaves out takes the pipeline's default. Raises ValueError naming the setting and what it accepts."""
     if not isinstance(entry, Mapping):
         raise ValueError(f"decoding must be an object of settings, not {type(entry).__name__}")
     settings: dict[str, Any] = {}
@@ -165,7 +165,7 @@ def decoding_settings(entry: Mapping[str, Any]) -> dict[str, Any]:
         else:
             raise ValueError(f"unknown decoding setting {key!r}; this version knows {list(DECODING)}")
         settings[key] = value
-    return settings
+    return {**Pipeline().decoding, **settings}
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.bundle import bundle_size, decoding, read_manifest, write_manifest
-from app.pipeline import Pipeline
 from training.variants import CPU_DEFAULT, table
 
 
@@ -24,7 +23,7 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
         "default": measured["variants"].get(default, {}).get("dev", {}),
         # The figures hold for this decoding: the bundle's own (`measure` decodes with it), its settings
         # left out taking the pipeline's defaults. Recorded in full, so later defaults cannot change it.
-        "decoding": Pipeline(**decoding(manifest, bundle)).decoding,
+        "decoding": decoding(manifest, bundle),
     }
     manifest["decoding"] = manifest["dev_metrics"]["decoding"]
     write_manifest(bundle, manifest)
@@ -36,7 +35,7 @@ def card(manifest: dict, measured: dict, size: int) -> str:
     entries = [(v, e) for m in manifest["models"].values() for v, e in m["variants"].items()]
     shipped = sorted({v for v, e in entries if "derive" not in e})
     derived = sorted({v for v, e in entries if "derive" in e})
-    dec = Pipeline(**decoding(manifest)).decoding
+    dec = decoding(manifest)
     lines = [
         "# RENERSANs default model bundle",
         "",
