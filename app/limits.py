@@ -33,9 +33,11 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 
 import h11
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.access import cors_options
 from app.errors import (
     Overloaded,
     PayloadTooLarge,
@@ -44,6 +46,7 @@ from app.errors import (
     RenersansError,
     ShuttingDown,
 )
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 # After a 413, what is still arriving is read and dropped for this long, up to this much (see below).
@@ -257,12 +260,14 @@ def _finished_late(task: asyncio.Task) -> None:
 
 
 @functools.cache
-def head_timeout_s() -> float:
-    # uvicorn builds the protocol itself, with its own configuration only: the setting comes from the same
+def _server_settings() -> Settings:
+    # uvicorn builds the protocol itself, with its own configuration only: its settings come from the same
     # environment as the application's, read once per process.
-    from app.settings import Settings
+    return Settings()
 
-    return Settings().read_timeout_s
+
+def head_timeout_s() -> float:
+    return _server_settings().read_timeout_s
 
 
 def _head_timeout_response() -> bytes:
@@ -297,29 +302,37 @@ class GuardedH11Protocol(H11Protocol):
             self.app = self._limited(self.app, limit)
 
     def _limited(self, app: ASGIApp, limit: int) -> ASGIApp:
+        refuse: ASGIApp = self._refuse
+        origins = _server_settings().cors_origins
+        if origins:
+            # The application's CORS middleware is behind this check: without its headers a browser client
+            # could not read the refusal, nor its Retry-After.
+            refuse = CORSMiddleware(refuse, **cors_options(origins))
+
         async def limited(scope: Scope, receive: Receive, send: Send) -> None:
             # This request's own task is already counted among the tasks; uvicorn counts before adding it.
             if len(self.connections) >= limit or len(self.tasks) - 1 >= limit:
-                log.warning(
-                    "refused a request from %s: %d connections open", self.client, len(self.connections)
-                )
-                error = Overloaded(
-                    f"{len(self.connections)} connections are open, the most this server takes "
-                    "(RENERSANS_MAX_CONNECTIONS): retry later"
-                )
-                body = json.dumps(error.body()).encode()
-                headers = [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
-                headers += [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ]
-                await send({"type": "http.response.start", "status": error.status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
-            await app(scope, receive, send)
+                await refuse(scope, receive, send)
+            else:
+                await app(scope, receive, send)
 
         return limited
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        log.warning("refused a request from %s: %d connections open", self.client, len(self.connections))
+        error = Overloaded(
+            f"{len(self.connections)} connections are open, the most this server takes "
+            "(RENERSANS_MAX_CONNECTIONS): retry later"
+        )
+        body = json.dumps(error.body()).encode()
+        headers = [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -544,9 +544,10 @@ def test_idle_connections_are_closed(server: str) -> None:
 
 def test_connections_past_the_limit_are_refused_at_once(tiny_bundle: Path) -> None:
     """A request that arrives while `RENERSANS_MAX_CONNECTIONS` connections are open, idle ones and its own
-    included, is answered 503 `Overloaded` at once, in the service's JSON, and its connection closed; once
-    others close, requests are served."""
-    proc, url = start(tiny_bundle, RENERSANS_MAX_CONNECTIONS="4")
+    included, is answered 503 `Overloaded` at once, in the service's JSON, with CORS headers for a configured
+    origin, and its connection closed; once others close, requests are served."""
+    origin = "https://tagger.example.org"
+    proc, url = start(tiny_bundle, RENERSANS_MAX_CONNECTIONS="4", RENERSANS_CORS_ORIGINS=origin)
     parts = urlsplit(url)
     idle: list[socket.socket] = []
     try:
@@ -555,8 +556,11 @@ def test_connections_past_the_limit_are_refused_at_once(tiny_bundle: Path) -> No
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # 3 open of 4
         idle.append(socket.create_connection((parts.hostname, parts.port)))
         started = time.monotonic()
-        refused = httpx.get(f"{url}/health", timeout=5)  # 4 open of 4
+        refused = httpx.get(f"{url}/health", headers={"Origin": origin}, timeout=5)  # 4 open of 4
         assert refused.status_code == 503 and time.monotonic() - started < 2
+        # A browser may read the refusal and its Retry-After.
+        assert refused.headers["access-control-allow-origin"] == origin
+        assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
         assert (
             refused.json()["error"] == "Overloaded"
             and "RENERSANS_MAX_CONNECTIONS" in refused.json()["detail"]
