@@ -52,7 +52,7 @@ class Extractor:
         }
         self.batchers: list[BatchingRunner] = []
         if settings.batch_wait_ms > 0:
-            taggers = {name: self._batched(t, settings) for name, t in taggers.items()}
+            taggers = {name: self._batched(name, t, settings) for name, t in taggers.items()}
         self.pipeline = Pipeline(
             ner=taggers["ner"],
             re=taggers.get("re"),
@@ -72,8 +72,19 @@ class Extractor:
         self.bundle = root
         self.warmup_seconds = 0.0
 
-    def _batched(self, tagger: Tagger, settings: Settings) -> Tagger:
-        """The tagger with its encoder shared across concurrent requests (app/batching.py)."""
+    def _batched(self, name: str, tagger: Tagger, settings: Settings) -> Tagger:
+        """The tagger with its encoder shared across concurrent requests (app/batching.py), unless its
+        answers depend on its batch mates: then each request keeps its own batches."""
+        if tagger.batch_dependent:
+            # Dynamic int8 scales activations by the whole batch: merged, one request's rows would change
+            # another's answer. Such a model runs on a CPU, where merging measured slower anyway.
+            log.warning(
+                "model %s: no cross-request batching for its %s variant, whose answers would depend on other "
+                "requests' rows; each request is batched on its own",
+                name,
+                self.choices[name].variant,
+            )
+            return tagger
         batcher = BatchingRunner(
             tagger.run,
             max_rows=settings.batch_max_rows,

@@ -157,6 +157,30 @@ def test_service_with_batching_extracts_as_without(tiny_bundle: Path) -> None:
         batched.close()
 
 
+def test_batch_dependent_models_are_not_merged_across_requests(tiny_bundle: Path) -> None:
+    """An int8 model's answer depends on its batch mates, so cross-request batching leaves it alone, and a
+    request gets the same answer with the setting as without."""
+    from app.service import Extractor
+    from app.settings import Settings
+
+    text = "Рост валового регионального продукта в 2019 году составил 3,5 %.\nОбъём инвестиций уменьшился."
+    plain = Extractor(Settings(bundle=tiny_bundle, variant="int8"))
+    batched = Extractor(Settings(bundle=tiny_bundle, variant="int8", batch_wait_ms=5, batch_max_rows=8))
+    try:
+        assert all(t.batch_dependent for t in (batched.pipeline.ner, batched.pipeline.re))
+        assert batched.batchers == []
+        want = plain.extract(text).document
+        got = batched.extract(text).document
+        assert [(e.type, e.start, e.end) for e in got.entities] == [
+            (e.type, e.start, e.end) for e in want.entities
+        ]
+        assert [(r.type, r.arg1, r.arg2) for r in got.relations] == [
+            (r.type, r.arg1, r.arg2) for r in want.relations
+        ]
+    finally:
+        batched.close()
+
+
 def test_io_binding_gives_the_plain_runs_logits(tiny_bundle: Path) -> None:
     from app.bundle import choose, onnx_tagger, read_manifest
 
