@@ -136,39 +136,20 @@ def test_closed_batcher_refuses_and_settings_are_checked() -> None:
         BatchingRunner(FakeEncoder(), max_rows=0)
 
 
-def test_service_with_batching_extracts_as_without(tiny_bundle: Path) -> None:
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_service_with_batching_extracts_as_without(tiny_bundle: Path, variant: str) -> None:
+    """The service with cross-request batching answers as without. An int8 model's answer depends on its
+    batch mates, so the batching leaves such a model out and only fp32's encoders are shared."""
     from app.service import Extractor
     from app.settings import Settings
 
     text = "Рост валового регионального продукта в 2019 году составил 3,5 %.\nОбъём инвестиций уменьшился."
-    plain = Extractor(Settings(bundle=tiny_bundle, variant="fp32"))
-    batched = Extractor(Settings(bundle=tiny_bundle, variant="fp32", batch_wait_ms=5, batch_max_rows=8))
+    plain = Extractor(Settings(bundle=tiny_bundle, variant=variant))
+    batched = Extractor(Settings(bundle=tiny_bundle, variant=variant, batch_wait_ms=5, batch_max_rows=8))
     try:
-        assert len(batched.batchers) == len(plain.manifest["models"])
-        want = plain.extract(text).document
-        got = batched.extract(text).document
-        assert [(e.type, e.start, e.end) for e in got.entities] == [
-            (e.type, e.start, e.end) for e in want.entities
-        ]
-        assert [(r.type, r.arg1, r.arg2) for r in got.relations] == [
-            (r.type, r.arg1, r.arg2) for r in want.relations
-        ]
-    finally:
-        batched.close()
-
-
-def test_batch_dependent_models_are_not_merged_across_requests(tiny_bundle: Path) -> None:
-    """An int8 model's answer depends on its batch mates, so cross-request batching leaves it alone, and a
-    request gets the same answer with the setting as without."""
-    from app.service import Extractor
-    from app.settings import Settings
-
-    text = "Рост валового регионального продукта в 2019 году составил 3,5 %.\nОбъём инвестиций уменьшился."
-    plain = Extractor(Settings(bundle=tiny_bundle, variant="int8"))
-    batched = Extractor(Settings(bundle=tiny_bundle, variant="int8", batch_wait_ms=5, batch_max_rows=8))
-    try:
-        assert all(t.batch_dependent for t in (batched.pipeline.ner, batched.pipeline.re))
-        assert batched.batchers == []
+        taggers = (batched.pipeline.ner, batched.pipeline.re)
+        assert all(t.batch_dependent == (variant == "int8") for t in taggers)
+        assert len(batched.batchers) == (0 if variant == "int8" else len(plain.manifest["models"]))
         want = plain.extract(text).document
         got = batched.extract(text).document
         assert [(e.type, e.start, e.end) for e in got.entities] == [
