@@ -51,11 +51,11 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_system_args(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--out", default="", help="result name (default footprint-<device>)")
     ap.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = resolve_checkpoints(ap.parse_args(argv))
     if args.child:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             f"RSS after load {s['rss_after_load_mb']:.0f} MB, peak {s['peak_rss_mb']:.0f} MB"
         )
     write_result(
-        f"footprint-{args.device}",
+        args.out or f"footprint-{args.device}",
         {"machine": describe(), "device": args.device, "runs": runs, "median": summary},
     )
     return 0
