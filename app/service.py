@@ -50,6 +50,7 @@ class Extractor:
             )
             for name, choice in self.choices.items()
         }
+        taggers = {name: self._after_cuda(root, name, t, settings) for name, t in taggers.items()}
         self.batchers: list[BatchingRunner] = []
         if settings.batch_wait_ms > 0:
             taggers = {name: self._batched(name, t, settings) for name, t in taggers.items()}
@@ -71,6 +72,34 @@ class Extractor:
         self.load_seconds = time.perf_counter() - started
         self.bundle = root
         self.warmup_seconds = 0.0
+
+    def _after_cuda(self, root: Path, name: str, tagger: Tagger, settings: Settings) -> Tagger:
+        """The tagger, or, where CUDA was chosen but did not start (no GPU passed through, a driver too old),
+        one on the CPU's own variant: the one chosen for CUDA (fp16) is the slowest way to run on a CPU."""
+        choice = self.choices[name]
+        if choice.providers[0] != CUDA or tagger.providers[0] == CUDA or settings.variant != "auto":
+            return tagger  # on CUDA, or a variant the operator configured
+        cpu = replace(
+            choose(self.manifest, name, "auto", "cpu"), reason="default cpu variant: CUDA did not start"
+        )
+        if cpu.variant == choice.variant:
+            self.choices[name] = cpu
+            return tagger
+        try:
+            fallback = onnx_tagger(
+                root, self.manifest, name, cpu, settings.threads, cache_dir=settings.cache_dir
+            )
+        except BundleError as exc:  # e.g. no writable cache for a derived int8: the CUDA variant still serves
+            log.warning(
+                "model %s: keeping %s on the CPU, its %s cannot be loaded: %s",
+                name,
+                choice.variant,
+                cpu.variant,
+                exc,
+            )
+            return tagger
+        self.choices[name] = cpu
+        return fallback
 
     def _batched(self, name: str, tagger: Tagger, settings: Settings) -> Tagger:
         """The tagger with its encoder shared across concurrent requests (app/batching.py), unless its

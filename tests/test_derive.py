@@ -18,6 +18,8 @@ from app.cli import main
 from app.derive import activation_maxima, quantization_exclusions, smooth, smoothing_targets, widen_to_fp32
 from app.errors import BundleError
 from app.metric import evaluate, relation_keys
+from app.service import Extractor
+from app.settings import Settings
 from app.text.brat import read_corpus
 from training.calibrate import calibrate
 from training.variants import pipeline_for
@@ -278,6 +280,43 @@ def test_unwritable_cache_says_what_to_set(tiny_bundle: Path, tmp_path: Path) ->
     blocker.write_text("")
     with pytest.raises(BundleError, match="RENERSANS_CACHE_DIR"):
         variant_file(bundle, read_manifest(bundle), "ner", "int8", blocker / "cache")
+
+
+# ONNX Runtime's CPU build warns when asked for CUDA; its CUDA build without a GPU logs and falls back alike.
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider")
+def test_after_a_cuda_fallback_the_cpu_variants_serve(
+    tiny_checkpoints: tuple[Path, Path, Path],
+    tiny_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The GPU image on a host whose GPU does not start: onnxruntime offers CUDA, the sessions end up on
+    the CPU, and the service then runs the CPU's variants (here the derived int8), not CUDA's fp16."""
+    bundle = fp16_only(tiny_bundle, tmp_path / "shipped", tmp_path / "cache")
+    manifest = read_manifest(bundle)
+    cpu_only = Extractor(Settings(_env_file=None, bundle=bundle, device="cpu", cache_dir=tmp_path / "cache"))
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    assert [choose(manifest, m, device="cuda").variant for m in ("ner", "re")] == ["fp16", "fp16"]
+
+    def served(**settings: object) -> Extractor:
+        return Extractor(Settings(_env_file=None, bundle=bundle, device="cuda", **settings))
+
+    fallen_back = served(cache_dir=tmp_path / "cache")
+    assert "CUDA provider could not start" in caplog.text
+    assert fallen_back.info()["providers"] == {"ner": "CPUExecutionProvider", "re": "CPUExecutionProvider"}
+    assert fallen_back.info()["variants"] == {"ner": "int8", "re": "int8"} == cpu_only.info()["variants"]
+    assert fallen_back.choices["re"].reason == "default cpu variant: CUDA did not start"
+    text = read_corpus(tiny_checkpoints[0])[0].text[:600]
+    assert fallen_back.extract(text).document == cpu_only.extract(text).document
+    # A variant the operator configured is kept; so is CUDA's where the CPU's cannot be made (no cache).
+    assert served(variant="fp16").info()["variants"] == {"ner": "fp16", "re": "fp16"}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    kept = served(cache_dir=blocker / "cache")
+    assert kept.info()["variants"] == {"ner": "fp16", "re": "fp16"}
+    assert "keeping fp16 on the CPU, its int8 cannot be loaded" in caplog.text
 
 
 @pytest.mark.parametrize(
