@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.text.brat import Document
 from app.text.encode import EncodedDocument
 from app.text.subwords import WordPieces, context_window, mark, windows
 from app.text.tags import BIO_LABELS, NO_RELATION, RELATION_LABELS
@@ -115,7 +114,3 @@ def _rare_types(docs: Sequence[EncodedDocument], below: int) -> set[str]:
                 for t in _types(rel_tags):
                     counts[t] = counts.get(t, 0) + 1
     return {t for t, n in counts.items() if n < below}
-
-
-def gold_documents(docs: Sequence[Document]) -> dict[str, Document]:
-    return {d.name: d for d in docs}

@@ -195,7 +195,3 @@ def renumber(
         Relation(f"R{i}", r.type, new_id[r.arg1], new_id[r.arg2]) for i, r in enumerate(rels, start=1)
     ]
     return new_entities, new_relations
-
-
-def write_ann(path: Path, entities: Sequence[Entity], relations: Iterable[Relation] = ()) -> None:
-    write_text(Path(path), format_ann(entities, relations))
