@@ -1,8 +1,10 @@
-"""The service as the tests meet it: a real `renersans serve` process on 127.0.0.1, and a raw-socket client
-for what an HTTP library will not send (a body that stalls, a head that trickles in, 10 MB nobody reads)."""
+"""The service as the tests meet it: a real `renersans serve` process on 127.0.0.1, a raw-socket client
+for what an HTTP library will not send (a body that stalls, a head that trickles in, 10 MB nobody reads),
+and the small helpers the reliability tests share."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -11,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -162,3 +165,18 @@ def _complete(data: bytes) -> bool:
 def request_head(method: str, path: str, headers: dict[str, str]) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def zip_of(entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
