@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.errors import BratFormatError
+from app.errors import BadEncoding, BratFormatError
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,19 @@ def read_text(path: Path) -> str:
     """The document text exactly as stored: no newline translation, a BOM kept as a character."""
     with open(path, encoding="utf-8", newline="") as f:
         return f.read()
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """`data` as UTF-8, exactly as `read_text` reads a file (no newline translation, a BOM kept).
+
+    Raises BadEncoding naming `source`, the byte and the fix."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadEncoding(
+            f"{source}: not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 4]!r}); "
+            "convert it, e.g. `iconv -f cp1251 -t utf-8`"
+        ) from None
 
 
 def write_text(path: Path, text: str) -> None:
