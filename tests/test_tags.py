@@ -17,6 +17,7 @@ from app.text.tags import (
     encode_relations,
     merge_relations,
     pair_relations,
+    span_score,
     viterbi_bio,
 )
 
@@ -174,6 +175,26 @@ def test_span_probability_is_the_mean_of_its_tags() -> None:
     probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.4, 0.5]])
     assert span_prob(WordSpan("ACT", 1, 2), tags, probs, labels) == pytest.approx(0.6)
     assert span_prob(WordSpan("ACT", 1, 1), tags, probs, labels) == pytest.approx(0.7)
+
+
+def test_an_entity_scores_the_tags_that_make_it_whatever_was_decoded() -> None:
+    labels = ("O", "B-ACT", "I-ACT")
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.4, 0.5]])
+    # As span_prob where decoding gave B-ACT I-ACT.
+    assert span_score(WordSpan("ACT", 1, 2), probs, labels) == pytest.approx(0.6)
+    # A span stretched over a word tagged O scores that word's I-ACT: 0.05, so a lower score.
+    assert span_score(WordSpan("ACT", 0, 1), probs, labels) == pytest.approx((0.05 + 0.1) / 2)
+    # The score is not part of a span's identity: gold spans equal scored predictions.
+    assert WordSpan("ACT", 1, 2, score=0.6) == WordSpan("ACT", 1, 2)
+
+
+def test_a_pair_decision_scores_the_averaged_probability_of_its_label() -> None:
+    labels = RELATION_LABELS
+    one = np.exp(_logprobs([{"0": 0.5, "GOL:2": 0.4}], labels)[0])
+    other = np.exp(_logprobs([{"0": 0.5, "GOL:1": 0.3}], labels)[0])
+    [found] = pair_relations({(0, 1): one, (1, 0): other}, labels, none_weight=0.6)
+    # none_weight tipped the choice; the score is still GOL's own averaged probability, not reweighted.
+    assert found == WordRelation("GOL", 0, 1) and found.score == pytest.approx(0.35, abs=1e-6)
 
 
 NEGATION = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.errors import BadEncoding, BratFormatError
@@ -26,6 +26,8 @@ class Entity:
     end: int
     text: str
     fragments: tuple[tuple[int, int], ...] = ()
+    # A model's confidence in [0, 1] (app/text/tags.py: span_score); None where none was computed (gold data).
+    score: float | None = field(default=None, compare=False)
 
     @property
     def discontinuous(self) -> bool:
@@ -44,6 +46,8 @@ class Relation:
     type: str
     arg1: str
     arg2: str
+    # The probability of the model's decision (app/text/tags.py: pair_relations); None for gold data.
+    score: float | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -202,9 +206,9 @@ def renumber(
     """
     ordered = sorted(entities, key=lambda e: (e.start, e.end, e.type))
     new_id = {e.id: f"T{i}" for i, e in enumerate(ordered, start=1)}
-    new_entities = [Entity(new_id[e.id], e.type, e.start, e.end, e.text, e.fragments) for e in ordered]
+    new_entities = [replace(e, id=new_id[e.id]) for e in ordered]
     rels = sorted(relations, key=lambda r: (int(new_id[r.arg1][1:]), int(new_id[r.arg2][1:]), r.type))
     new_relations = [
-        Relation(f"R{i}", r.type, new_id[r.arg1], new_id[r.arg2]) for i, r in enumerate(rels, start=1)
+        replace(r, id=f"R{i}", arg1=new_id[r.arg1], arg2=new_id[r.arg2]) for i, r in enumerate(rels, start=1)
     ]
     return new_entities, new_relations

@@ -123,9 +123,10 @@ def decode_document(
         for span in spans[si]:
             start, end = sentence.words[span.first][0], sentence.words[span.last][1]
             ids.append(f"S{si}E{len(ids)}")
-            entities.append(Entity(ids[-1], span.type, start, end, text[start:end]))
+            entities.append(Entity(ids[-1], span.type, start, end, text[start:end], score=span.score))
         rels.extend(
-            Relation(f"S{si}R{k}", r.type, ids[r.arg1], ids[r.arg2]) for k, r in enumerate(relations[si])
+            Relation(f"S{si}R{k}", r.type, ids[r.arg1], ids[r.arg2], r.score)
+            for k, r in enumerate(relations[si])
         )
     entities, rels = renumber(entities, rels)
     return Document(name, text, entities, rels)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,8 @@ class WordSpan:
     type: str
     first: int
     last: int
+    # The model's confidence (`span_score`), where a model found it; not part of the span's identity.
+    score: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class WordRelation:
     type: str
     arg1: int
     arg2: int
+    # The probability of the decision that made it, where a model made it; not part of its identity.
+    score: float | None = field(default=None, compare=False)
 
 
 def align(words: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:
@@ -90,6 +94,16 @@ def decode_bio(tags: Sequence[str]) -> list[WordSpan]:
         else:
             current = None
     return spans
+
+
+def span_score(span: WordSpan, probs: np.ndarray, labels: Sequence[str]) -> float:
+    """An entity's score: the mean probability, over its words, of the tags that make it (`B-TYPE` on its
+    first word, `I-TYPE` on the others), from per-word label probabilities `probs` [words, labels]. Defined
+    for any span, also one that decoding stretched (`attach_negations`) or that was given."""
+    index = {t: j for j, t in enumerate(labels)}
+    inside = index[f"I-{span.type}"]
+    picks = [index[f"B-{span.type}"], *([inside] * (span.last - span.first))]
+    return float(np.mean(probs[np.arange(span.first, span.last + 1), picks]))
 
 
 # Particles the annotators put inside the entity they qualify: the guidelines' own example is
@@ -186,8 +200,11 @@ def encode_relations(
     return copies, lost
 
 
-def decode_relations(marked: int, tags: Sequence[str], spans: Sequence[WordSpan]) -> list[WordRelation]:
-    """Relations read from one marked copy: each other span's relation is the tag on its first word."""
+def decode_relations(
+    marked: int, tags: Sequence[str], spans: Sequence[WordSpan], confidence: Sequence[float] | None = None
+) -> list[WordRelation]:
+    """Relations read from one marked copy: each other span's relation is the tag on its first word. With
+    `confidence` (the probability of each word's tag), a relation's score is its tag's probability."""
     found = []
     for idx, span in enumerate(spans):
         if idx == marked:
@@ -195,10 +212,11 @@ def decode_relations(marked: int, tags: Sequence[str], spans: Sequence[WordSpan]
         rtype, _, arg = tags[span.first].partition(":")
         if rtype == NO_RELATION or arg not in ("1", "2"):
             continue
+        score = None if confidence is None else float(confidence[span.first])
         if arg == "2":
-            found.append(WordRelation(rtype, marked, idx))
+            found.append(WordRelation(rtype, marked, idx, score))
         else:
-            found.append(WordRelation(rtype, idx, marked))
+            found.append(WordRelation(rtype, idx, marked, score))
     return found
 
 
@@ -253,11 +271,14 @@ def pair_relations(
         scores = np.mean(frames, axis=0) * weights
         if signatures:
             scores = np.where(_signature_mask(names, types[lo], types[hi], signatures), scores, -1.0)
-        rtype, _, arg = labels[int(scores.argmax())].partition(":")
+        best = int(scores.argmax())
+        rtype, _, arg = labels[best].partition(":")
+        # The score is the averaged probability of the label taken, before `none_weight` tipped the choice.
+        score = float(np.mean(frames, axis=0)[best])
         if arg == "2":
-            found.append(WordRelation(rtype, lo, hi))
+            found.append(WordRelation(rtype, lo, hi, score))
         elif arg == "1":
-            found.append(WordRelation(rtype, hi, lo))
+            found.append(WordRelation(rtype, hi, lo, score))
     return found
 
 
