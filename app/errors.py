@@ -16,10 +16,39 @@ RenersansError
 ├── ProcessingTimeout         a request not answered within the configured time       504
 └── InternalError             a fault of ours (a bug): logged with its error id       500
 
-docs/reliability.md lists what the service does for each, and the test that shows it.
+docs/reliability.md lists what the service does for each, and the test that shows it. Every error answer,
+whether from the application or from the limits in front of it, is written by `error_answer`.
 """
 
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """An error as the service sends it: the status, the headers (Content-Type and Content-Length among
+    them) and the JSON body of schemas.ErrorResponse."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def error_answer(
+    status: int,
+    error: str,
+    detail: str,
+    error_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> ErrorAnswer:
+    """The one writer of JSON error answers; `headers` (such as Retry-After) go with it."""
+    content = {"error": error, "detail": detail, "error_id": error_id}
+    # Encoded as Starlette's JSONResponse encodes, so that every error answer has the same bytes.
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    sized = {"content-type": "application/json", "content-length": str(len(body))}
+    return ErrorAnswer(status, {**(headers or {}), **sized}, body)
 
 
 class RenersansError(Exception):
@@ -32,9 +61,9 @@ class RenersansError(Exception):
         super().__init__(message)
         self.error_id = error_id  # set where the log holds more under the same id
 
-    def body(self) -> dict[str, str | None]:
-        """The JSON error answer (schemas.ErrorResponse)."""
-        return {"error": type(self).__name__, "detail": str(self), "error_id": self.error_id}
+    def answer(self) -> ErrorAnswer:
+        """The HTTP answer to this error: its status, its headers and the JSON body."""
+        return error_answer(self.status, type(self).__name__, str(self), self.error_id, self.headers)
 
 
 class BratFormatError(RenersansError, ValueError):

@@ -25,12 +25,12 @@ import asyncio
 import collections
 import contextlib
 import functools
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
+from http import HTTPStatus
 
 import h11
 from starlette.middleware.cors import CORSMiddleware
@@ -206,20 +206,15 @@ class Limits:
         )
 
 
-async def send_error(
-    send: Send,
-    exc: RenersansError,
-    close: bool = False,
-    extra_headers: list[tuple[bytes, bytes]] = (),
-    more_body: bool = False,
-) -> None:
-    """The error as the service's JSON error body (schemas.ErrorResponse), from outside the application."""
-    body = json.dumps(exc.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def send_error(send: Send, error: RenersansError, close: bool = False, more_body: bool = False) -> None:
+    """`error` answered from in front of the application, as the application answers it (its status, its
+    headers and its JSON body: errors.error_answer)."""
+    answer = error.answer()
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
     if close:  # the rest of the request was not read: the connection cannot carry another one
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": exc.status, "headers": [*headers, *extra_headers]})
-    await send({"type": "http.response.body", "body": body, "more_body": more_body})
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body, "more_body": more_body})
 
 
 class _Disconnected(Exception):
@@ -272,18 +267,13 @@ def head_timeout_s() -> float:
 
 def _head_timeout_response() -> bytes:
     # Written to the socket directly: h11 can send no response before a request's head is complete.
-    body = json.dumps(
-        {
-            "error": "ReadTimeout",
-            "detail": "the request line and headers took too long to arrive",
-            "error_id": None,
-        }
-    ).encode()
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+    answer = ReadTimeout("the request line and headers took too long to arrive").answer()
+    head = [
+        f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}",
+        *(f"{name}: {value}" for name, value in answer.headers.items()),
+        "connection: close",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + answer.body
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -324,15 +314,7 @@ class GuardedH11Protocol(H11Protocol):
             f"{len(self.connections)} connections are open, the most this server takes "
             "(RENERSANS_MAX_CONNECTIONS): retry later"
         )
-        body = json.dumps(error.body()).encode()
-        headers = [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
-        headers += [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, error, close=True)
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -28,12 +28,14 @@ from app import access, faults, limits, observability, page
 from app.errors import (
     BadEncoding,
     BundleError,
+    ErrorAnswer,
     InferenceError,
     InputError,
     InternalError,
     RenersansError,
     Unauthorized,
     UnsupportedMediaType,
+    error_answer,
 )
 from app.schemas import (
     BratDocument,
@@ -164,34 +166,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         guarded.append(Depends(inject_fault))
 
     @app.exception_handler(RenersansError)
-    def _domain_error(request: Request, exc: RenersansError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    def _domain_error(request: Request, exc: RenersansError) -> Response:
+        return _respond(exc.answer())
 
     @app.exception_handler(RequestValidationError)
-    def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         if request.url.path in JSON_ENDPOINTS:
             try:
                 _require_json(request)
             except UnsupportedMediaType as wrong_type:
                 return _domain_error(request, wrong_type)
         detail = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": "ValidationError", "detail": detail, "error_id": None}, status_code=422)
+        return _respond(error_answer(422, "ValidationError", detail))
 
     @app.exception_handler(HTTPException)
-    def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    def _http_error(request: Request, exc: HTTPException) -> Response:
         # Routing's own errors (404, 405) in the same JSON shape as every other error.
         name = HTTPStatus(exc.status_code).phrase.title().replace(" ", "").replace("-", "")
         detail = f"{exc.detail}: {request.method} {request.url.path}"
         if exc.status_code in (404, 405):
             detail += " (the endpoints and their methods are listed at /docs)"
-        body = {"error": name, "detail": detail, "error_id": None}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return _respond(error_answer(exc.status_code, name, detail, headers=exc.headers))
 
     @app.exception_handler(Exception)
-    def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    def _unexpected(request: Request, exc: Exception) -> Response:
         error_id = uuid.uuid4().hex[:12]
         log.error("unexpected error (error id %s)", error_id, exc_info=exc)
-        return _domain_error(request, InternalError(f"internal error; error id {error_id}", error_id))
+        return _respond(InternalError(f"internal error; error id {error_id}", error_id).answer())
 
     def run(ex: Extractor, endpoint: str, call):
         """Run one inference call, in one of the model slots (the concurrency limit); a failure inside the
@@ -381,6 +382,10 @@ def _errors_as_json(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi
+
+
+def _respond(answer: ErrorAnswer) -> Response:
+    return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def _require_json(request: Request) -> None:
