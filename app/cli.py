@@ -93,12 +93,14 @@ def _bundle_check(args: argparse.Namespace) -> int:
 
 
 def _bundle_decoding(args: argparse.Namespace) -> int:
-    from app.bundle import decoding, read_manifest, write_manifest
+    import dataclasses
+
+    from app.decoding import Decoding
     from app.errors import BundleError
-    from app.pipeline import decoding_settings
+    from app.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(args.dir)
-    settings = decoding(manifest, args.dir)
+    settings = manifest.decoding.settings()
     for item in args.set or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -110,17 +112,17 @@ def _bundle_decoding(args: argparse.Namespace) -> int:
         settings[key.strip()] = value
     if args.set:
         try:
-            settings = decoding_settings(settings)
+            manifest = dataclasses.replace(manifest, decoding=Decoding.read(settings))
         except ValueError as exc:
             raise BundleError(f"--set: {exc}; {args.dir} is unchanged") from exc
-        manifest["decoding"] = settings
         write_manifest(args.dir, manifest)
-    print(json.dumps(settings, indent=2))
-    measured = manifest.get("dev_metrics", {}).get("decoding")
-    if measured is not None and decoding({"decoding": measured}) != settings:
+    print(json.dumps(manifest.decoding.settings(), indent=2))
+    measured = manifest.dev_metrics.decoding if manifest.dev_metrics else None
+    if measured is not None and measured != manifest.decoding:
         print(
             f"note: the dev figures in {args.dir}/manifest.json were measured with another decoding "
-            f"({json.dumps(measured)}); `renersans bundle measure {args.dir} --record` measures these"
+            f"({json.dumps(measured.settings())}); `renersans bundle measure {args.dir} --record` "
+            "measures these"
         )
     return 0
 
@@ -150,17 +152,18 @@ def _cache_prune(args: argparse.Namespace) -> int:
 
 
 def _bundle_derive(args: argparse.Namespace) -> int:
-    from app.bundle import MANIFEST, check_bundle, read_manifest, variant_file, write_manifest
+    from app.bundle import check_bundle, variant_file
     from app.derive import declare, default_cache_dir
+    from app.manifest import MANIFEST, read_manifest, write_manifest
 
     manifest = read_manifest(args.dir)
     if args.declare:
         models = args.cpu_default_for.split(",") if args.cpu_default_for else None
-        declare(manifest, args.declare, models)
+        manifest = declare(manifest, args.declare, models)
         write_manifest(args.dir, manifest)
         print(
             f"{args.dir / MANIFEST}: {args.declare} declared, derived from fp16; CPU default "
-            f"{manifest['default_variant']['cpu']}"
+            f"{manifest.default_variant.get('cpu')}"
         )
     problems = check_bundle(args.dir)
     if problems:
@@ -168,7 +171,10 @@ def _bundle_derive(args: argparse.Namespace) -> int:
         return 1
     cache = args.cache_dir or default_cache_dir()
     derived = [
-        (m, v) for m, info in manifest["models"].items() for v, e in info["variants"].items() if "derive" in e
+        (m, v)
+        for m, info in manifest.models.items()
+        for v, e in info.variants.items()
+        if e.derive is not None
     ]
     for model, variant in derived:
         print(f"{model} {variant}: {variant_file(args.dir, manifest, model, variant, cache)}")
@@ -228,10 +234,10 @@ def _bundle_calibrate(args: argparse.Namespace) -> int:
 
 
 def _bundle_torch(args: argparse.Namespace) -> int:
-    from app.bundle import read_manifest
+    from app.manifest import read_manifest
     from training.from_onnx import checkpoint_from_bundle, import_variant
 
-    models = args.models.split(",") if args.models else list(read_manifest(args.dir)["models"])
+    models = args.models.split(",") if args.models else list(read_manifest(args.dir).models)
     for model in models:
         variant, path = import_variant(args.dir, model, args.variant)
         print(f"{model}: rebuilding a torch checkpoint from {path} ({variant}) ...", flush=True)

@@ -25,6 +25,7 @@ CPU image does so at build time), and `renersans cache prune` removes the files 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import re
@@ -36,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from app.bundle import read_manifest, sha256
 from app.errors import BundleError
+from app.manifest import Derivation, Manifest, ModelInfo, Variant, read_manifest, sha256
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,11 @@ SMOOTH_ALPHA = 0.75
 CALIBRATION_FILE = "calibration.npz"
 # The variants a bundle can declare instead of shipping, as their manifest entries.
 DERIVABLE = {
-    "int8": {
-        "derive": {"from": "fp16", "method": "int8-dynamic"},
-        "precision": "int8 weights",
-        "providers": ["CPUExecutionProvider"],
-    }
+    "int8": Variant(
+        derive=Derivation(source="fp16", method="int8-dynamic"),
+        precision="int8 weights",
+        providers=("CPUExecutionProvider",),
+    )
 }
 # Bump when the derivation changes, so that caches made by the old one are not reused.
 DERIVE_VERSION = 1
@@ -280,34 +281,44 @@ CACHED_NAME = re.compile(
 )
 
 
-def cached_path(root: Path, model: str, variant: str, info: dict[str, Any], cache_dir: Path) -> Path:
+def _derivation(root: Path, model: str, variant: str, info: ModelInfo) -> tuple[Derivation, Path]:
+    """The derivation of `variant` and the shipped file it starts from."""
+    spec = info.variants[variant].derive
+    assert spec is not None, f"{variant} of {model} is shipped, not derived"
+    source = info.variants.get(spec.source)
+    if source is None or source.file is None:
+        raise BundleError(
+            f"{root}: variant {variant!r} of {model!r} derives from {spec.source!r}, not shipped"
+        )
+    return spec, root / source.file
+
+
+def cached_path(root: Path, model: str, variant: str, info: ModelInfo, cache_dir: Path) -> Path:
     """Where the derived `variant` of `model` is cached: named by its source file's checksum, the method
     (and calibration), this derivation's version and ONNX Runtime's, so that no stale file is ever read."""
     import onnxruntime as ort
 
-    spec = info["variants"][variant]["derive"]
-    source = info["variants"].get(spec["from"])
-    if source is None or "file" not in source:
-        raise BundleError(
-            f"{root}: variant {variant!r} of {model!r} derives from {spec['from']!r}, not shipped"
-        )
-    digest = (source.get("sha256") or sha256(root / source["file"]))[:16]
-    calibration = root / spec["calibration"] if spec.get("calibration") else None
+    spec, source = _derivation(root, model, variant, info)
+    digest = (info.variants[spec.source].sha256 or sha256(source))[:16]
+    calibration = root / spec.calibration if spec.calibration else None
     if calibration is not None and calibration.is_file():
         # New maxima are a new derivation: the key names them, so a stale file is never reused.
-        digest += f"-{sha256(calibration)[:8]}-a{spec.get('alpha', SMOOTH_ALPHA)}"
-    key = f"{digest}-{spec['method']}-v{DERIVE_VERSION}-ort{ort.__version__}"
+        digest += f"-{sha256(calibration)[:8]}-a{_alpha(spec)}"
+    key = f"{digest}-{spec.method}-v{DERIVE_VERSION}-ort{ort.__version__}"
     return Path(cache_dir) / f"{model}.{variant}.{key}.onnx"
 
 
-def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], cache_dir: Path) -> Path:
+def _alpha(spec: Derivation) -> float:
+    return SMOOTH_ALPHA if spec.alpha is None else spec.alpha
+
+
+def cached_variant(root: Path, model: str, variant: str, info: ModelInfo, cache_dir: Path) -> Path:
     """The file of a derived variant: from the cache, or derived now (seconds) and cached."""
-    spec = info["variants"][variant]["derive"]
     path = cached_path(root, model, variant, info, cache_dir)
     if path.is_file():
         return path
-    source = info["variants"][spec["from"]]
-    calibration = root / spec["calibration"] if spec.get("calibration") else None
+    spec, source = _derivation(root, model, variant, info)
+    calibration = root / spec.calibration if spec.calibration else None
     started = time.perf_counter()
     try:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -317,10 +328,10 @@ def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], c
     except OSError as exc:
         raise BundleError(
             f"cannot write the derived {variant} variant of {model!r} to {cache_dir} ({exc}): set "
-            f"RENERSANS_CACHE_DIR to a writable directory, or RENERSANS_VARIANT={spec['from']}"
+            f"RENERSANS_CACHE_DIR to a writable directory, or RENERSANS_VARIANT={spec.source}"
         ) from exc
     try:
-        derive(root / source["file"], spec["method"], Path(tmp), calibration, spec.get("alpha", SMOOTH_ALPHA))
+        derive(source, spec.method, Path(tmp), calibration, _alpha(spec))
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a service running as another user
         os.replace(tmp, path)
     finally:
@@ -329,7 +340,7 @@ def cached_variant(root: Path, model: str, variant: str, info: dict[str, Any], c
         "model %s: derived %s from %s in %.1f s -> %s",
         model,
         variant,
-        spec["from"],
+        spec.source,
         time.perf_counter() - started,
         path,
     )
@@ -371,10 +382,9 @@ def prune_cache(
     Returns each file removed with its size in bytes."""
     wanted: set[Path] = set()
     for root in keep or ():
-        manifest = read_manifest(Path(root))
-        for model, info in manifest["models"].items():
-            for variant, entry in info["variants"].items():
-                if "derive" in entry:
+        for model, info in read_manifest(Path(root)).models.items():
+            for variant, entry in info.variants.items():
+                if entry.derive is not None:
                     wanted.add(cached_path(Path(root), model, variant, info, cache_dir))
     removed = []
     for path, state in cache_entries(cache_dir):
@@ -389,32 +399,28 @@ def prune_cache(
     return removed
 
 
-def declare(
-    manifest: dict[str, Any], variant: str, cpu_default_for: Sequence[str] | None = None
-) -> dict[str, Any]:
+def declare(manifest: Manifest, variant: str, cpu_default_for: Sequence[str] | None = None) -> Manifest:
     """`manifest` with `variant` declared derived in every model (so it can be forced), and made the CPU's
     default for the models in `cpu_default_for` (all when None, none when empty); the others keep theirs."""
     if variant not in DERIVABLE:
         raise BundleError(f"variant {variant!r} cannot be derived; these can: {sorted(DERIVABLE)}")
-    source = DERIVABLE[variant]["derive"]["from"]
-    for name, model in manifest["models"].items():
-        if "file" not in model["variants"].get(source, {}):
+    declared = DERIVABLE[variant]
+    source = declared.derive.source if declared.derive else ""
+    for name, model in manifest.models.items():
+        shipped = model.variants.get(source)
+        if shipped is None or shipped.file is None:
             raise BundleError(f"model {name!r} ships no {source} file to derive {variant} from")
         # A derivation already declared (a calibrated one, say) is kept.
-        if "derive" not in model["variants"].get(variant, {}):
-            model["variants"][variant] = copy.deepcopy(DERIVABLE[variant])
-    models = list(manifest["models"])
+        existing = model.variants.get(variant)
+        if existing is None or existing.derive is None:
+            manifest = manifest.with_variant(name, variant, declared)
+    models = list(manifest.models)
     chosen = models if cpu_default_for is None else list(cpu_default_for)
     unknown = sorted(set(chosen) - set(models))
     if unknown:
         raise BundleError(f"no model {unknown} in the bundle; it has {models}")
     if not chosen:
         return manifest
-    defaults = manifest.setdefault("default_variant", {})
-    before = defaults.get("cpu")
-    per_model = {
-        m: variant if m in chosen else (before.get(m) if isinstance(before, dict) else before) or source
-        for m in models
-    }
-    defaults["cpu"] = variant if set(per_model.values()) == {variant} else per_model
-    return manifest
+    per_model = {m: variant if m in chosen else manifest.default_for("cpu", m) or source for m in models}
+    cpu = variant if set(per_model.values()) == {variant} else per_model
+    return dataclasses.replace(manifest, default_variant={**manifest.default_variant, "cpu": cpu})

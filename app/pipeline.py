@@ -8,14 +8,13 @@ sessions through it, so dev figures and served output come from one implementati
 from __future__ import annotations
 
 import bisect
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from app.decoding import Decoding
 from app.text.brat import Document, Entity
 from app.text.encode import decode_document
 from app.text.segment import Sentence, segment
@@ -129,45 +128,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
-# The decoding settings a bundle carries in its manifest ("decoding"), as Pipeline fields: the figures on its
-# card were measured with them, so the service decodes with them too (see `decoding_settings`).
-DECODING_CHOICES = {"bio": ("viterbi", "argmax"), "pairs": ("pair", "either")}
-DECODING_NUMBERS = {
-    "o_bias": (-math.inf, math.inf),
-    "none_weight": (0.0, math.inf),
-    "min_entity_prob": (0.0, 1.0),
-}
-DECODING_FLAGS = ("join_negations",)
-DECODING = (*DECODING_CHOICES, *DECODING_NUMBERS, *DECODING_FLAGS)
-
-
-def decoding_settings(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Pipeline keyword arguments from a bundle's "decoding" entry, checked, every setting included: one it
-    leaves out takes the pipeline's default. Raises ValueError naming the setting and what it accepts."""
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"decoding must be an object of settings, not {type(entry).__name__}")
-    settings: dict[str, Any] = {}
-    for key, value in entry.items():
-        if key in DECODING_CHOICES:
-            if value not in DECODING_CHOICES[key]:
-                raise ValueError(
-                    f"decoding {key} is {value!r}; it takes one of {list(DECODING_CHOICES[key])}"
-                )
-        elif key in DECODING_NUMBERS:
-            low, high = DECODING_NUMBERS[key]
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or not low <= value <= high:
-                raise ValueError(f"decoding {key} is {value!r}; it takes a number from {low} to {high}")
-            value = float(value)
-        elif key in DECODING_FLAGS:
-            if not isinstance(value, bool):
-                raise ValueError(f"decoding {key} is {value!r}; it takes true or false")
-        else:
-            raise ValueError(f"unknown decoding setting {key!r}; this version knows {list(DECODING)}")
-        settings[key] = value
-    return {**Pipeline().decoding, **settings}
-
-
 @dataclass
 class Pipeline:
     ner: Tagger | None = None
@@ -177,37 +137,12 @@ class Pipeline:
     max_padding: float = 0.1
     # Pieces of context shared by consecutive windows of a sentence too long for the model.
     overlap: int = 64
-    # Decoding, chosen on dev (training/RESULTS.md): entity tags as the best well-formed sequence
-    # ("viterbi"; "argmax" takes each word's best tag) and one relation decision per pair of entities from
-    # both of its copies' probabilities ("pair"; "either" keeps every type either copy reads). On the dev
-    # split they raised NER F1 from 0.474 to 0.536 and end-to-end relations from 0.087 to 0.130.
-    bio: str = "viterbi"
-    pairs: str = "pair"
-    # Entities whose tags' mean probability is below this are dropped before the relation stage and from the
-    # output (the paper's "keep only confident entities"); 0 keeps every decoded entity. Measured on dev
-    # with the shipped models, every bar from 0.5 up lowered both NER and end-to-end F1 (training/RESULTS.md),
-    # so it is off by default.
-    min_entity_prob: float = 0.0
-    # Added to the log-probability of `O` before decoding entity tags (above 0: fewer, surer entities), and
-    # the weight of 'no relation' in one-per-pair decisions (below 1: more relations). Chosen on dev with
-    # the shipped models (training/RESULTS.md): any bias on `O` lowered NER F1, so it is 0; weight 0.8
-    # raised relations given gold entities from 0.4843 to 0.4905 and end to end from 0.2258 to 0.2280 with
-    # the relation model shipped before. These are the defaults of a new bundle; a bundle's manifest carries
-    # the settings it serves with (`decoding_settings`, `renersans bundle decoding`).
-    o_bias: float = 0.0
-    none_weight: float = 0.8
+    # How logits become entities and relations: a bundle's own (its manifest's), or this version's defaults.
+    decoding: Decoding = field(default_factory=Decoding)
     # Relations a pair of entity types may hold, (Arg1 type, relation, Arg2 type); empty allows all. Those
     # seen in the training documents (`app/corpus.py: relation_signatures`) changed dev F1 by under 0.001
     # (training/RESULTS.md), so no bundle sets them.
     signatures: frozenset[Signature] = frozenset()
-    # A decoded entity that is a bare negation particle ("не") joins the word after it, as the annotators'
-    # guidelines have it (`attach_negations`). On dev with the shipped models: NER F1 0.5622 -> 0.5659.
-    join_negations: bool = True
-
-    @property
-    def decoding(self) -> dict[str, Any]:
-        """The decoding settings in use, as a bundle's manifest records them."""
-        return {key: getattr(self, key) for key in DECODING}
 
     def entities(self, text: str, sentences: Sequence[Sentence] | None = None) -> list[list[WordSpan]]:
         """Entity spans per sentence. Sentences longer than the model are cut into overlapping windows;
@@ -239,19 +174,20 @@ class Pipeline:
                     margins[si][k] = margin
                     scores[si][k] = lg[k - a]
         spans = []
+        decoding = self.decoding
         for words, sc in zip(sentence_words, scores, strict=True):
             probs = _softmax(sc)
             logprobs = np.log(probs)
-            if self.o_bias:
-                logprobs[:, labels.index("O")] += self.o_bias
-            if self.bio == "viterbi":
+            if decoding.o_bias:
+                logprobs[:, labels.index("O")] += decoding.o_bias
+            if decoding.bio == "viterbi":
                 tags = viterbi_bio(logprobs, labels)
             else:
                 tags = [labels[c] for c in logprobs.argmax(-1)]
             found = decode_bio(tags)
-            if self.min_entity_prob > 0:
-                found = [e for e in found if span_prob(e, tags, probs, labels) >= self.min_entity_prob]
-            if self.join_negations:
+            if decoding.min_entity_prob > 0:
+                found = [e for e in found if span_prob(e, tags, probs, labels) >= decoding.min_entity_prob]
+            if decoding.join_negations:
                 found = attach_negations(found, words)
             spans.append(found)
         return spans
@@ -286,7 +222,7 @@ class Pipeline:
             sentences=[o[0] for o in owners],
         )
         labels = tagger.spec.labels["relation"]
-        if self.pairs == "pair":
+        if self.decoding.pairs == "pair":
             readings: list[dict[tuple[int, int], np.ndarray]] = [{} for _ in sentences]
             for (si, k, lo, index), lg in zip(owners, logits, strict=True):
                 probs = _softmax(lg)
@@ -295,7 +231,9 @@ class Pipeline:
                     if j != k and 0 <= index[span.first] - lo < len(probs):
                         readings[si][(k, j)] = probs[index[span.first] - lo]
             return [
-                pair_relations(r, labels, self.none_weight, [s.type for s in spans[si]], self.signatures)
+                pair_relations(
+                    r, labels, self.decoding.none_weight, [s.type for s in spans[si]], self.signatures
+                )
                 for si, r in enumerate(readings)
             ]
         found: list[list[WordRelation]] = [[] for _ in sentences]

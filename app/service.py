@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.batching import BatchingRunner
-from app.bundle import CUDA, bundle_size, check_bundle, choose, decoding, onnx_tagger, read_manifest
+from app.bundle import CUDA, bundle_size, check_bundle, choose, onnx_tagger
 from app.errors import BundleError, InvalidEntities
+from app.manifest import read_manifest
 from app.pipeline import Pipeline, Tagger
 from app.settings import Settings
 from app.text.brat import Document, Entity, Relation
@@ -40,7 +41,7 @@ class Extractor:
             )
         started = time.perf_counter()
         self.manifest = read_manifest(root)
-        models = self.manifest["models"]
+        models = self.manifest.models
         self.choices = {
             name: choose(self.manifest, name, settings.variant, settings.device) for name in models
         }
@@ -58,7 +59,7 @@ class Extractor:
             ner=taggers["ner"],
             re=taggers.get("re"),
             batch_size=settings.batch_size,
-            **decoding(self.manifest, root),
+            decoding=self.manifest.decoding,
         )
         self.providers = {name: t.providers for name, t in taggers.items()}
         for name, choice in self.choices.items():
@@ -143,13 +144,13 @@ class Extractor:
     def info(self) -> dict:
         return {
             "bundle": self.bundle.name,
-            "created": self.manifest.get("created"),
+            "created": self.manifest.created or None,
             "variants": {name: c.variant for name, c in self.choices.items()},
             "providers": {name: p[0] if p else "" for name, p in self.providers.items()},
-            "encoder": self.manifest["models"]["ner"].get("encoder"),
+            "encoder": self.manifest.models["ner"].encoder,
             "relations": self.has_relations,
             "size_bytes": bundle_size(self.bundle),
-            "decoding": self.pipeline.decoding,
+            "decoding": self.pipeline.decoding.settings(),
         }
 
     def extract(self, text: str, relations: bool = True, name: str = "request") -> Result:

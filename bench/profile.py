@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bundle import CPU, Choice, decoding, onnx_tagger, read_manifest
+from app.bundle import CPU, Choice, onnx_tagger, variant_file
+from app.manifest import read_manifest
 from app.pipeline import Pipeline
 from bench.docs import DEFAULT_CORPUS, corpus_texts, pages
 from bench.machine import describe, write_result
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     choice = Choice(args.variant, [CPU], "profiled")
     batches: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     taggers = {}
-    for name in manifest["models"]:
+    for name in manifest.models:
         tagger = onnx_tagger(args.bundle, manifest, name, choice)
         seen = batches.setdefault(name, [])
 
@@ -47,18 +48,15 @@ def main(argv: list[str] | None = None) -> int:
 
         taggers[name] = replace(tagger, run=record)
     text = pages(corpus_texts(args.corpus), args.pages)
-    Pipeline(ner=taggers["ner"], re=taggers.get("re"), **decoding(manifest, args.bundle)).extract(
-        "profile", text
-    )
+    Pipeline(ner=taggers["ner"], re=taggers.get("re"), decoding=manifest.decoding).extract("profile", text)
 
     import onnxruntime as ort
 
     result: dict = {"machine": describe(), "variant": args.variant, "characters": len(text), "models": {}}
     for name, recorded in batches.items():
-        info = manifest["models"][name]
         options = ort.SessionOptions()
         options.enable_profiling = True
-        path = args.bundle / info["variants"][args.variant]["file"]
+        path = variant_file(args.bundle, manifest, name, args.variant)
         session = ort.InferenceSession(str(path), options, providers=[CPU])
         inputs = [i.name for i in session.get_inputs()]
         for ids, mask in recorded:

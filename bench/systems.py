@@ -131,14 +131,14 @@ def _meter(pipe: Pipeline, arch: Architecture) -> dict[str, Meter]:
 
 def torch_pipeline(ner: Path, re: Path, device: str, bundle: Path) -> Pipeline:
     """The baselines' pipeline: eager PyTorch on the checkpoints, decoding as `bundle` (ours) does."""
-    from app.bundle import decoding, read_manifest
+    from app.manifest import read_manifest
     from training.models import load_tagger, torch_tagger
 
     taggers = []
     for path in (ner, re):
         model, tokenizer, meta = load_tagger(path, device)
         taggers.append(torch_tagger(model, tokenizer, meta["max_pieces"], meta.get("typed_markers", False)))
-    return Pipeline(ner=taggers[0], re=taggers[1], **decoding(read_manifest(bundle), bundle))
+    return Pipeline(ner=taggers[0], re=taggers[1], decoding=read_manifest(bundle).decoding)
 
 
 def build(

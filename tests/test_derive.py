@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from app.bundle import MANIFEST, check_bundle, choose, read_manifest, variant_file
+from app.bundle import check_bundle, choose, variant_file
 from app.cli import main
 from app.derive import activation_maxima, quantization_exclusions, smooth, smoothing_targets, widen_to_fp32
 from app.errors import BundleError
+from app.manifest import MANIFEST, Derivation, Manifest, read_manifest, write_manifest
 from app.metric import evaluate, relation_keys
 from app.service import Extractor
 from app.settings import Settings
@@ -34,12 +35,25 @@ def fp16_only(bundle: Path, out: Path, cache: Path) -> Path:
         out,
         ignore=shutil.ignore_patterns("model.fp32.onnx", "model.optimized.onnx", "model.int8.onnx"),
     )
-    manifest = json.loads((out / MANIFEST).read_text())
-    for model in manifest["models"].values():
-        model["variants"] = {"fp16": model["variants"]["fp16"]}
-    (out / MANIFEST).write_text(json.dumps(manifest))
+    manifest = read_manifest(out)
+    for name, model in manifest.models.items():
+        for variant in sorted(set(model.variants) - {"fp16"}):
+            manifest = manifest.with_variant(name, variant, None)
+    write_manifest(out, manifest)
     assert main(["bundle", "derive", str(out), "--declare", "int8", "--cache-dir", str(cache)]) == 0
     return out
+
+
+def derivation(manifest: Manifest, model: str) -> Derivation:
+    """How `model`'s int8 is derived."""
+    spec = manifest.models[model].variants["int8"].derive
+    assert spec is not None, f"{model}'s int8 is shipped, not derived"
+    return spec
+
+
+def with_derivation(manifest: Manifest, model: str, spec: Derivation) -> Manifest:
+    int8 = manifest.models[model].variants["int8"]
+    return manifest.with_variant(model, "int8", replace(int8, derive=spec))
 
 
 def sample_batch(bundle: Path, corpus: Path) -> dict[str, np.ndarray]:
@@ -84,7 +98,7 @@ def test_derived_int8_serves_as_the_exported_one(
     bundle = fp16_only(tiny_bundle, tmp_path / "shipped", cache)
     manifest = read_manifest(bundle)
     assert check_bundle(bundle) == []
-    assert manifest["default_variant"]["cpu"] == "int8"
+    assert manifest.default_variant["cpu"] == "int8"
     assert choose(manifest, "ner", device="cpu").variant == "int8"
     derived = variant_file(bundle, manifest, "ner", "int8", cache)
     assert derived.parent == cache and not list(bundle.rglob("*int8*"))
@@ -149,13 +163,13 @@ def test_calibrated_bundle_derives_a_smoothed_int8_of_every_product(
     written = calibrate(bundle, corpus, documents=2, seed=1)
     manifest = read_manifest(bundle)
     assert check_bundle(bundle) == []
-    dev = set(manifest["models"]["ner"]["dev_documents"])
     for model in ("ner", "re"):
-        spec = manifest["models"][model]["variants"]["int8"]["derive"]
-        assert spec["method"] == "int8-smooth" and spec["calibration"] == f"{model}/calibration.npz"
-        assert written[model] == bundle / spec["calibration"]
-        assert len(spec["calibrated_on"]["names"]) == 2 and not set(spec["calibrated_on"]["names"]) & dev
-    assert manifest["default_variant"]["cpu"] == "int8", "calibrating leaves the CPU default alone"
+        spec = derivation(manifest, model)
+        assert spec.method == "int8-smooth" and spec.calibration == f"{model}/calibration.npz"
+        assert written[model] == bundle / spec.calibration
+        names = spec.calibrated_on["names"]
+        assert len(names) == 2 and not set(names) & manifest.dev_documents
+    assert manifest.default_variant["cpu"] == "int8", "calibrating leaves the CPU default alone"
     smoothed = variant_file(bundle, manifest, "ner", "int8", cache)
     assert smoothed != dynamic, "a calibrated derivation is a new cache key"
     graph = onnx.load(str(smoothed)).graph
@@ -170,7 +184,8 @@ def test_calibrated_bundle_derives_a_smoothed_int8_of_every_product(
     assert (ours.argmax(-1) == fp32.argmax(-1)).mean() > 0.95
     # Other maxima are another derivation, never the stale file.
     np.savez(written["ner"], **{k: v * 2 for k, v in np.load(written["ner"]).items()})
-    manifest["models"]["ner"]["variants"]["int8"]["derive"].pop("calibration_sha256")
+    unchecked = replace(derivation(manifest, "ner"), calibration_sha256=None)
+    manifest = with_derivation(manifest, "ner", unchecked)
     assert variant_file(bundle, manifest, "ner", "int8", cache) != smoothed
 
 
@@ -188,8 +203,8 @@ def test_smoothing_the_feed_forward_projections_alone(
     assert "re: activation maxima" in capsys.readouterr().out
     manifest = read_manifest(bundle)
     assert check_bundle(bundle) == []
-    assert manifest["models"]["re"]["variants"]["int8"]["derive"]["method"] == "int8-smooth-ffn"
-    assert manifest["models"]["ner"]["variants"]["int8"]["derive"]["method"] == "int8-dynamic"
+    assert derivation(manifest, "re").method == "int8-smooth-ffn"
+    assert derivation(manifest, "ner").method == "int8-dynamic"
     assert not (bundle / "ner" / "calibration.npz").exists(), "only the models named are calibrated"
     graph = onnx.load(str(variant_file(bundle, manifest, "re", "int8", cache))).graph
     # Smoothed before exactly the second feed-forward projections, and then every encoder product is int8.
@@ -233,8 +248,8 @@ def test_derived_variant_is_cached_and_reused(tiny_bundle: Path, tmp_path: Path)
     assert first.stat().st_mtime_ns == stamp, "derived again instead of taken from the cache"
     assert not list(cache.glob("*.part")), "a temporary file was left behind"
     # Another source file (a retrained model) is another key, never the stale file.
-    manifest["models"]["re"]["variants"]["fp16"]["sha256"] = "0" * 64
-    assert variant_file(bundle, manifest, "re", "int8", cache) != first
+    retrained = replace(manifest.models["re"].variants["fp16"], sha256="0" * 64)
+    assert variant_file(bundle, manifest.with_variant("re", "fp16", retrained), "re", "int8", cache) != first
 
 
 def test_prune_removes_only_what_this_installation_will_not_read(
@@ -322,16 +337,20 @@ def test_after_a_cuda_fallback_the_cpu_variants_serve(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda v: v.pop("fp16"), "derives from 'fp16', which the bundle does not ship"),
-        (lambda v: v["int8"]["derive"].update(method="int4-magic"), "unknown derivation 'int4-magic'"),
+        (
+            lambda m: m.with_variant("ner", "fp16", None),
+            "derives from 'fp16', which the bundle does not ship",
+        ),
+        (
+            lambda m: with_derivation(m, "ner", replace(derivation(m, "ner"), method="int4-magic")),
+            "unknown derivation 'int4-magic'",
+        ),
     ],
     ids=["source missing", "unknown method"],
 )
 def test_broken_derivations_are_named(tiny_bundle: Path, tmp_path: Path, change, message: str) -> None:
     bundle = fp16_only(tiny_bundle, tmp_path / "shipped", tmp_path / "cache")
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    change(manifest["models"]["ner"]["variants"])
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(bundle, change(read_manifest(bundle)))
     problems = check_bundle(bundle)
     assert any(message in p for p in problems), problems
 
@@ -346,7 +365,7 @@ def test_default_bundle_derives_int8_relations_for_the_cpu(corpus_dir: Path) -> 
     assert choose(manifest, "ner", device="cpu").variant == "fp16"
     assert choose(manifest, "re", device="cpu").variant == "int8"
     # Its relation int8 smooths the feed-forward projections first, from the maxima the bundle ships.
-    assert manifest["models"]["re"]["variants"]["int8"]["derive"]["method"] == "int8-smooth-ffn"
+    assert derivation(manifest, "re").method == "int8-smooth-ffn"
     assert check_bundle(DEFAULT, load_sessions=False) == []
     # Four documents' openings: on one alone (about 30 relations) agreement moves by 0.1 either way.
     cut = 6000
@@ -368,13 +387,12 @@ def test_cpu_default_can_be_one_model_s(
 ) -> None:
     bundle = tmp_path / "shipped"
     fp16_only(tiny_bundle, bundle, tmp_path / "cache")
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    manifest["default_variant"]["cpu"] = "fp16"
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    manifest = read_manifest(bundle)
+    write_manifest(bundle, replace(manifest, default_variant={**manifest.default_variant, "cpu": "fp16"}))
     args = ["bundle", "derive", str(bundle), "--declare", "int8", "--cpu-default-for", "re"]
     assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
     manifest = read_manifest(bundle)
-    assert manifest["default_variant"]["cpu"] == {"ner": "fp16", "re": "int8"}
+    assert manifest.default_variant["cpu"] == {"ner": "fp16", "re": "int8"}
     assert [choose(manifest, m, device="cpu").variant for m in ("ner", "re")] == ["fp16", "int8"]
     assert choose(manifest, "ner", "int8", device="cpu").variant == "int8"  # still there to force
     assert main(["bundle", "derive", str(bundle), "--declare", "int8", "--cpu-default-for", "rel"]) != 0

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from app.bundle import FORMAT_VERSION, check_bundle, choose, onnx_tagger, read_manifest
+from app.bundle import check_bundle, choose, onnx_tagger
 from app.cli import main
+from app.decoding import Decoding
+from app.manifest import FORMAT_VERSION, read_manifest, write_manifest
 from app.metric import relation_keys
 from app.pipeline import Pipeline
 from app.text.brat import read_corpus
@@ -22,13 +25,13 @@ def test_bundle_is_complete_and_parity_holds(tiny_bundle: Path) -> None:
     assert check_bundle(tiny_bundle) == []
     assert main(["bundle", "check", str(tiny_bundle)]) == 0
     manifest = read_manifest(tiny_bundle)
-    assert set(manifest["models"]) == {"ner", "re"}
-    for model in manifest["models"].values():
-        assert model["parity_max_abs_fp32"] <= 1e-4
-        assert set(model["variants"]) == {"fp32", "optimized", "int8", "fp16"}
-        assert model["training"]["data_sha256"]
-    assert manifest["models"]["re"]["marker_tokens"][0] == "<e:MET>"
-    assert manifest["default_variant"] == {"cpu": "int8", "cuda": "fp16"}
+    assert set(manifest.models) == {"ner", "re"}
+    for model in manifest.models.values():
+        assert model.parity_max_abs_fp32 is not None and model.parity_max_abs_fp32 <= 1e-4
+        assert set(model.variants) == {"fp32", "optimized", "int8", "fp16"}
+        assert model.training["data_sha256"]
+    assert manifest.models["re"].marker_tokens[0] == "<e:MET>"
+    assert manifest.default_variant == {"cpu": "int8", "cuda": "fp16"}
 
 
 def test_onnx_pipeline_decodes_as_torch_does(
@@ -65,11 +68,13 @@ def broken(bundle: Path, tmp_path: Path, damage) -> list[str]:
     return check_bundle(copy)
 
 
-def edit_manifest(change):
+def edit_json(change):
+    """A damage that edits manifest.json by hand, as JSON: what a typed manifest cannot hold."""
+
     def damage(root: Path) -> None:
-        manifest = json.loads((root / "manifest.json").read_text())
-        change(manifest)
-        (root / "manifest.json").write_text(json.dumps(manifest))
+        data = json.loads((root / "manifest.json").read_text())
+        change(data)
+        (root / "manifest.json").write_text(json.dumps(data))
 
     return damage
 
@@ -80,12 +85,12 @@ BREAKAGES = [
     ("no manifest", lambda r: (r / "manifest.json").unlink(), "no manifest"),
     (
         "wrong format version",
-        edit_manifest(lambda m: m.update(format_version=FORMAT_VERSION + 1)),
+        edit_json(lambda data: data.update(format_version=FORMAT_VERSION + 1)),
         f"version {FORMAT_VERSION + 1}",
     ),
     (
         "label mismatch",
-        edit_manifest(lambda m: m["models"]["ner"]["labels"]["entity"].reverse()),
+        edit_json(lambda data: data["models"]["ner"]["labels"]["entity"].reverse()),
         "labels of head 'entity'",
     ),
     (
@@ -105,9 +110,9 @@ def test_broken_bundles_are_named(tiny_bundle: Path, tmp_path: Path, name: str, 
 def test_corrupt_onnx_with_matching_checksum_is_caught(tiny_bundle: Path, tmp_path: Path) -> None:
     def damage(root: Path) -> None:
         (root / "re" / "model.fp16.onnx").write_bytes(b"\x08\x07garbage")
-        manifest = json.loads((root / "manifest.json").read_text())
-        manifest["models"]["re"]["variants"]["fp16"]["sha256"] = ""
-        (root / "manifest.json").write_text(json.dumps(manifest))
+        manifest = read_manifest(root)
+        unchecked = replace(manifest.models["re"].variants["fp16"], sha256="")
+        write_manifest(root, manifest.with_variant("re", "fp16", unchecked))
 
     problems = broken(tiny_bundle, tmp_path, damage)
     assert any("model.fp16.onnx: ONNX Runtime cannot load it" in p for p in problems), problems
@@ -124,8 +129,8 @@ def test_default_bundle_checks_and_fits_the_budget() -> None:
     size = sum(p.stat().st_size for p in DEFAULT.rglob("*") if p.is_file())
     assert size <= 150 * 1024 * 1024, f"models/default is {size / 2**20:.1f} MiB, over the 150 MiB budget"
     manifest = read_manifest(DEFAULT)
-    assert set(manifest["models"]) == {"ner", "re"}
-    assert manifest["dev_metrics"], "the model card's dev figures belong in the manifest too"
+    assert set(manifest.models) == {"ner", "re"}
+    assert manifest.dev_metrics, "the model card's dev figures belong in the manifest too"
     assert (DEFAULT / "README.md").is_file()
 
 
@@ -138,16 +143,18 @@ def test_confident_entities_are_a_subset(corpus_dir: Path) -> None:
     pipe = pipeline_for(DEFAULT, manifest, "cpu-default")
     text = read_corpus(corpus_dir / "train_part_2")[0].text[:1500]
     every = {e.span for e in pipe.extract("d", text, relations=False).entities}
-    pipe.min_entity_prob = 0.9
+    own = pipe.decoding
+    pipe.decoding = replace(own, min_entity_prob=0.9)
     confident = {e.span for e in pipe.extract("d", text, relations=False).entities}
-    pipe.min_entity_prob = 1.01
-    assert len(every) > len(confident) > 0 and confident <= every
-    assert pipe.extract("d", text, relations=False).entities == []
+    pipe.decoding = replace(own, min_entity_prob=0.99)
+    surest = {e.span for e in pipe.extract("d", text, relations=False).entities}
+    assert len(every) > len(confident) > len(surest) and surest <= confident <= every
+    with pytest.raises(ValueError, match=r"min_entity_prob is 1\.01"):  # a probability: at most 1
+        replace(own, min_entity_prob=1.01)
     # A bias towards O works inside the decoder: fewer entities as it grows, none at an overwhelming one.
-    pipe.min_entity_prob = 0.0
-    pipe.o_bias = 2.0
+    pipe.decoding = replace(own, o_bias=2.0)
     fewer = {e.span for e in pipe.extract("d", text, relations=False).entities}
-    pipe.o_bias = 1e6
+    pipe.decoding = replace(own, o_bias=1e6)
     assert 0 < len(fewer) < len(every) and pipe.extract("d", text, relations=False).entities == []
 
 
@@ -163,11 +170,11 @@ def test_sentences_longer_than_the_model_are_windowed(
     sentences = segment(text)
     assert len(sentences) == 1
     lengths = pipe.ner.pieces.lengths([text[a:b] for a, b in sentences[0].words])
-    assert sum(lengths) > 4 * manifest["models"]["ner"]["max_pieces"]
+    assert sum(lengths) > 4 * manifest.models["ner"].max_pieces
     doc = pipe.extract("long", text, relations=False)
     assert all(text[e.start : e.end] == e.text for e in doc.entities)
     # Entities are found beyond the first window: nothing after it was cut off.
-    first_window_end = sentences[0].words[manifest["models"]["ner"]["max_pieces"] // 2][0]
+    first_window_end = sentences[0].words[manifest.models["ner"].max_pieces // 2][0]
     assert any(e.start > 2 * first_window_end for e in doc.entities)
 
 
@@ -182,9 +189,9 @@ def test_lower_none_weight_only_adds_relations(corpus_dir: Path) -> None:
     doc = read_corpus(corpus_dir / "train_part_2")[0]
     cut = 6000
     entities = [e for e in doc.entities if e.end <= cut]
-    assert pipe.none_weight < 1
+    assert pipe.decoding.none_weight < 1
     weighted = set(relation_keys(pipe.relations_for("d", doc.text[:cut], entities)))
-    pipe.none_weight = 1.0
+    pipe.decoding = replace(pipe.decoding, none_weight=1.0)
     plain = set(relation_keys(pipe.relations_for("d", doc.text[:cut], entities)))
     assert len(plain) > 5 and plain < weighted, (plain, weighted)
 
@@ -196,17 +203,17 @@ def test_bundle_carries_its_decoding_to_every_pipeline(tiny_bundle: Path, tmp_pa
     from app.service import Extractor
     from app.settings import Settings
 
-    assert read_manifest(tiny_bundle)["decoding"] == Pipeline().decoding  # export records the defaults
+    assert read_manifest(tiny_bundle).decoding == Decoding()  # export records the defaults
     bundle = tmp_path / "b"
     shutil.copytree(tiny_bundle, bundle)
     changed = ["--set", "bio=argmax", "--set", "none_weight=0.05", "--set", "join_negations=false"]
     assert main(["bundle", "decoding", str(bundle), *changed]) == 0
     manifest = read_manifest(bundle)
-    expected = {**Pipeline().decoding, "bio": "argmax", "none_weight": 0.05, "join_negations": False}
-    assert manifest["decoding"] == expected
+    expected = Decoding(bio="argmax", none_weight=0.05, join_negations=False)
+    assert manifest.decoding == expected
     extractor = Extractor(Settings(bundle=bundle, variant="fp32"))
     assert extractor.pipeline.decoding == expected
-    assert extractor.info()["decoding"] == expected
+    assert extractor.info()["decoding"] == expected.settings()
     assert pipeline_for(bundle, manifest, "fp32").decoding == expected
 
     before = (bundle / "manifest.json").read_text()
@@ -215,8 +222,9 @@ def test_bundle_carries_its_decoding_to_every_pipeline(tiny_bundle: Path, tmp_pa
     assert main(["bundle", "decoding", str(bundle), "--set", "no_such=1"]) == 2
     assert (bundle / "manifest.json").read_text() == before
 
-    manifest["decoding"]["pairs"] = "both"  # edited by hand
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["decoding"]["pairs"] = "both"  # edited by hand
+    (bundle / "manifest.json").write_text(json.dumps(data))
     problems = check_bundle(bundle, load_sessions=False)
     assert len(problems) == 1 and "decoding pairs is 'both'" in problems[0], problems
     with pytest.raises(BundleError, match="decoding pairs"):
@@ -235,7 +243,7 @@ def test_measure_records_its_figures_with_the_bundle_decoding(
     args = ["bundle", "measure", str(bundle), "--corpus", str(corpus), "--variants", "fp32", "--record"]
     assert main(args) == 0
     manifest = read_manifest(bundle)
-    assert manifest["decoding"]["none_weight"] == 0.5
-    assert manifest["dev_metrics"]["decoding"] == manifest["decoding"]
-    assert manifest["dev_metrics"]["documents"] > 0 and "ner" in manifest["dev_metrics"]["by_variant"]["fp32"]
+    assert manifest.decoding.none_weight == 0.5
+    assert manifest.dev_metrics is not None and manifest.dev_metrics.decoding == manifest.decoding
+    assert manifest.dev_metrics.documents > 0 and "ner" in manifest.dev_metrics.by_variant["fp32"]
     assert "(weight of 'no relation' 0.5)" in (bundle / "README.md").read_text()

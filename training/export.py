@@ -9,6 +9,7 @@ which keeps a bundle with both a CPU and a GPU variant within one copy's size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -22,14 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.bundle import CPU, CUDA, FORMAT, FORMAT_VERSION, check_bundle, sha256, write_manifest
+from app.bundle import CPU, CUDA, check_bundle
 from app.derive import declare, quantize_int8
 from app.errors import BundleError
-from app.pipeline import Pipeline
+from app.manifest import INPUTS, Manifest, ModelInfo, Variant, sha256, write_manifest
 from app.text.subwords import WordPieces, marker_tokens
 from training.models import SequenceTagger, load_tagger
 
-INPUTS = ["input_ids", "attention_mask"]
 PARITY_TOLERANCE = 1e-4
 VARIANTS = ("fp32", "optimized", "int8", "fp16")
 
@@ -79,7 +79,7 @@ class _Exportable(nn.Module):
 @dataclass
 class ExportedModel:
     name: str
-    info: dict
+    info: ModelInfo
     parity_max_abs: float
 
 
@@ -149,31 +149,31 @@ def export_model(
             _optimized_variants(fp32, target, config.num_attention_heads, config.hidden_size, variants)
         )
     tokenizer.backend_tokenizer.save(str(target / "tokenizer.json"))
-    info = {
-        "tokenizer": f"{name}/tokenizer.json",
-        "labels": {h: list(v) for h, v in model.labels.items()},
-        "max_pieces": meta["max_pieces"],
-        "typed_markers": meta.get("typed_markers", False),
-        "marker_tokens": marker_tokens(meta.get("typed_markers", False)) if meta["task"] == "re" else [],
-        "pad_id": pad_id,
-        "inputs": INPUTS,
-        "outputs": {h: o for h, o in zip(wrapper.heads, outputs, strict=True)},
-        "variants": {
-            v: {
-                "file": f"{name}/{path.name}",
-                "precision": {"fp32": "fp32", "optimized": "fp32", "int8": "int8 weights", "fp16": "fp16"}[v],
-                "providers": [CPU] if v == "int8" else [CUDA, CPU],
-                "bytes": path.stat().st_size,
-                "sha256": sha256(path),
-            }
+    info = ModelInfo(
+        tokenizer=f"{name}/tokenizer.json",
+        labels={h: tuple(v) for h, v in model.labels.items()},
+        max_pieces=meta["max_pieces"],
+        typed_markers=meta.get("typed_markers", False),
+        marker_tokens=tuple(marker_tokens(meta.get("typed_markers", False))) if meta["task"] == "re" else (),
+        pad_id=pad_id,
+        inputs=tuple(INPUTS),
+        outputs=dict(zip(wrapper.heads, outputs, strict=True)),
+        variants={
+            v: Variant(
+                file=f"{name}/{path.name}",
+                precision={"fp32": "fp32", "optimized": "fp32", "int8": "int8 weights", "fp16": "fp16"}[v],
+                providers=(CPU,) if v == "int8" else (CUDA, CPU),
+                bytes=path.stat().st_size,
+                sha256=sha256(path),
+            )
             for v, path in files.items()
             if v in variants
         },
-        "encoder": meta.get("encoder"),
-        "training": {k: meta.get(k) for k in ("config", "seed", "data_sha256", "versions", "hardware")},
-        "dev_documents": meta.get("dev_documents", []),
-        "parity_max_abs_fp32": parity,
-    }
+        encoder=meta.get("encoder"),
+        training={k: meta.get(k) for k in ("config", "seed", "data_sha256", "versions", "hardware")},
+        dev_documents=tuple(meta.get("dev_documents", ())),
+        parity_max_abs_fp32=parity,
+    )
     for v, path in files.items():
         if v not in variants:
             path.unlink()
@@ -187,7 +187,7 @@ def _export(
         wrapper,
         (torch.from_numpy(ids), torch.from_numpy(mask)),
         str(path),
-        input_names=INPUTS,
+        input_names=list(INPUTS),
         output_names=outputs,
         dynamic_axes=dynamic,
         opset_version=17,
@@ -217,26 +217,12 @@ def _optimized_variants(
     return files
 
 
-def write_bundle(
-    out_dir: Path,
-    models: Sequence[ExportedModel],
-    default_variant: dict[str, str],
-    dev_metrics: dict | None = None,
-    card: str = "",
-) -> Path:
-    """Write `manifest.json` (and the model card) for exported models, then check the bundle."""
+def write_bundle(out_dir: Path, manifest: Manifest, card: str = "") -> Path:
+    """Write `manifest.json`, dated now, (and the model card) for the models exported into `out_dir`, then
+    check the bundle. The service decodes with the manifest's decoding: a new bundle's is this version's
+    defaults, which `renersans bundle decoding` changes (then measure again: the figures hold for it)."""
     out_dir = Path(out_dir)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "models": {m.name: m.info for m in models},
-        "default_variant": default_variant,
-        # The service decodes with the bundle's settings; a new bundle takes the pipeline's defaults, and
-        # `renersans bundle decoding` changes them (then measure again: the dev figures hold for these).
-        "decoding": Pipeline().decoding,
-        "dev_metrics": dev_metrics or {},
-    }
+    manifest = dataclasses.replace(manifest, created=datetime.now(UTC).isoformat(timespec="seconds"))
     write_manifest(out_dir, manifest)
     if card:
         (out_dir / "README.md").write_text(card)
@@ -270,9 +256,8 @@ def export_bundle(
         "cpu": "int8" if "int8" in variants else variants[0],
         "cuda": "fp16" if "fp16" in variants else variants[0],
     }
-    # Shares the models' info dicts: declaring a variant adds it to them.
-    manifest = {"models": {m.name: m.info for m in models}, "default_variant": default}
+    manifest = Manifest(models={m.name: m.info for m in models}, default_variant=default)
     for variant in derived:
-        declare(manifest, variant)
-    write_bundle(out_dir, models, manifest["default_variant"])
+        manifest = declare(manifest, variant)
+    write_bundle(out_dir, manifest)
     return out_dir, {"export_seconds": time.perf_counter() - started}

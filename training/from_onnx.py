@@ -14,12 +14,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from app.bundle import CPU, read_manifest, sha256
+from app.bundle import CPU
 from app.errors import BundleError
+from app.manifest import ModelInfo, read_manifest, sha256
 from training.onnx_graph import TaggerWeights, read_tagger
 
 IMPORTABLE = ("fp32", "optimized", "fp16")  # in order of preference: exact weights first
@@ -37,9 +37,9 @@ CHECK_SENTENCES = [
 ]
 
 
-def model_info(bundle: Path, model: str) -> dict[str, Any]:
+def model_info(bundle: Path, model: str) -> ModelInfo:
     """The manifest entry of `model`; BundleError naming the models there when it is absent."""
-    models = read_manifest(bundle)["models"]
+    models = read_manifest(bundle).models
     if model not in models:
         raise BundleError(f"{bundle}: no model {model!r} in the bundle (it has {', '.join(models)})")
     return models[model]
@@ -47,8 +47,8 @@ def model_info(bundle: Path, model: str) -> dict[str, Any]:
 
 def import_variant(bundle: Path, model: str, variant: str | None = None) -> tuple[str, Path]:
     """The variant to import (`variant`, else the first shipped of fp32, optimized, fp16) and its file."""
-    variants = model_info(bundle, model)["variants"]
-    shipped = [v for v in IMPORTABLE if "file" in variants.get(v, {})]
+    variants = model_info(bundle, model).variants
+    shipped = [v for v in IMPORTABLE if v in variants and variants[v].file is not None]
     if variant is None:
         if not shipped:
             raise BundleError(
@@ -61,7 +61,7 @@ def import_variant(bundle: Path, model: str, variant: str | None = None) -> tupl
             f"{bundle}: {model} has no {variant} file to import; it ships {', '.join(shipped) or 'none'} of "
             f"the importable {', '.join(IMPORTABLE)} (int8 has lost precision): choose one of those"
         )
-    path = Path(bundle) / variants[variant]["file"]
+    path = Path(bundle) / str(variants[variant].file)
     if not path.is_file():
         raise BundleError(f"{path}: listed in the manifest but missing; restore the bundle")
     return variant, path
@@ -83,29 +83,29 @@ def checkpoint_from_bundle(bundle: Path, model: str, out: Path, variant: str | N
     info = model_info(bundle, model)
     variant, path = import_variant(bundle, model, variant)
     digest = sha256(path)
-    if digest != info["variants"][variant]["sha256"]:
+    if digest != info.variants[variant].sha256:
         raise BundleError(f"{path}: sha256 {digest} is not the manifest's; restore or re-export the bundle")
-    weights = read_tagger(onnx.load(str(path)), info["outputs"])
+    weights = read_tagger(onnx.load(str(path)), dict(info.outputs))
     tagger = _tagger(weights, info)
-    tokenizer = _tokenizer(bundle / info["tokenizer"], info)
+    tokenizer = _tokenizer(bundle / info.tokenizer, info)
     parity = _parity(tagger, tokenizer, path, info, TOLERANCE[variant])
-    training = info.get("training") or {}
+    training = info.training
     config = training.get("config") or {}
     meta = {
         "task": config.get("task", model),
-        "max_pieces": info["max_pieces"],
-        "typed_markers": info.get("typed_markers", False),
+        "max_pieces": info.max_pieces,
+        "typed_markers": info.typed_markers,
         "dropout": config.get("dropout", 0.1),
-        "encoder": info.get("encoder"),
+        "encoder": info.encoder,
         **{k: training.get(k) for k in ("config", "seed", "data_sha256", "versions", "hardware")},
-        "dev_documents": info.get("dev_documents", []),
+        "dev_documents": list(info.dev_documents),
         "imported_from": {
             "bundle": str(bundle.resolve()),
             "model": model,
             "variant": variant,
-            "file": info["variants"][variant]["file"],
+            "file": info.variants[variant].file,
             "sha256": digest,
-            "precision": info["variants"][variant].get("precision"),
+            "precision": info.variants[variant].precision,
             "architecture": vars(weights.arch),
             "parity": parity,
         },
@@ -136,7 +136,7 @@ def cached_checkpoint(
     return target
 
 
-def _tagger(weights: TaggerWeights, info: dict[str, Any]):
+def _tagger(weights: TaggerWeights, info: ModelInfo):
     import torch
     from transformers import BertConfig, BertModel
 
@@ -153,15 +153,15 @@ def _tagger(weights: TaggerWeights, info: dict[str, Any]):
         max_position_embeddings=a.positions,
         type_vocab_size=a.type_vocab,
         layer_norm_eps=a.eps,
-        pad_token_id=info.get("pad_id", 1),
+        pad_token_id=info.pad_id,
     )
     encoder = BertModel(config, add_pooling_layer=False)
     encoder.load_state_dict({k: torch.from_numpy(v) for k, v in weights.encoder.items()}, strict=True)
-    labels = {head: tuple(names) for head, names in info["labels"].items()}
+    labels = dict(info.labels)
     for head, (w, _) in weights.heads.items():
         if w.shape[0] != len(labels[head]):
             raise BundleError(f"head {head!r}: {w.shape[0]} outputs in the graph, {len(labels[head])} labels")
-    dropout = ((info.get("training") or {}).get("config") or {}).get("dropout", 0.1)
+    dropout = (info.training.get("config") or {}).get("dropout", 0.1)
     tagger = SequenceTagger(encoder, labels, dropout)
     heads = {f"{h}.weight": torch.from_numpy(w) for h, (w, _) in weights.heads.items()}
     heads |= {f"{h}.bias": torch.from_numpy(b) for h, (_, b) in weights.heads.items()}
@@ -169,14 +169,14 @@ def _tagger(weights: TaggerWeights, info: dict[str, Any]):
     return tagger.eval()
 
 
-def _tokenizer(path: Path, info: dict[str, Any]):
+def _tokenizer(path: Path, info: ModelInfo):
     """The bundle's tokenizer.json as a fast HF tokenizer, its special tokens named from the file itself."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer.from_file(str(path))
     spec = json.loads(path.read_text(encoding="utf-8"))
-    specials = {"pad_token": backend.id_to_token(info.get("pad_id", 1))}
+    specials = {"pad_token": backend.id_to_token(info.pad_id)}
     unk = spec["model"].get("unk_token") or (
         backend.id_to_token(spec["model"]["unk_id"]) if spec["model"].get("unk_id") is not None else None
     )
@@ -194,13 +194,13 @@ def _tokenizer(path: Path, info: dict[str, Any]):
     ]
     if mask:
         specials["mask_token"] = mask[0]
-    missing = [m for m in info.get("marker_tokens", []) if backend.token_to_id(m) is None]
+    missing = [m for m in info.marker_tokens if backend.token_to_id(m) is None]
     if missing:
         raise BundleError(f"{path}: marker tokens {missing} are not in the tokenizer; re-export the bundle")
     return PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
 
 
-def _parity(tagger, tokenizer, path: Path, info: dict[str, Any], tolerance: float) -> dict[str, float]:
+def _parity(tagger, tokenizer, path: Path, info: ModelInfo, tolerance: float) -> dict[str, float]:
     """Max |torch - ONNX Runtime| logits and argmax agreement on the check sentences (marked copies too for
     a relation model); BundleError past `tolerance`."""
     import onnxruntime as ort
@@ -209,19 +209,19 @@ def _parity(tagger, tokenizer, path: Path, info: dict[str, Any], tolerance: floa
     from app.text.subwords import WordPieces
 
     sentences = list(CHECK_SENTENCES)
-    markers = info.get("marker_tokens", [])
+    markers = info.marker_tokens
     if markers:
         sentences += [[*s[:1], markers[0], *s[1:3], markers[1], *s[3:]] for s in CHECK_SENTENCES]
     pieces = WordPieces(tokenizer.backend_tokenizer)
     encoded = [pieces.encode(words).ids for words in sentences]
-    ids = np.full((len(encoded), max(map(len, encoded))), info.get("pad_id", 1), dtype=np.int64)
+    ids = np.full((len(encoded), max(map(len, encoded))), info.pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
     for row, e in enumerate(encoded):
         ids[row, : len(e)], mask[row, : len(e)] = e, 1
     session = ort.InferenceSession(str(path), providers=[CPU])
     inputs = [i.name for i in session.get_inputs()]
     feed = dict(zip(inputs, (ids, mask), strict=True))
-    got = dict(zip(info["outputs"], session.run(list(info["outputs"].values()), feed), strict=True))
+    got = dict(zip(info.outputs, session.run(list(info.outputs.values()), feed), strict=True))
     with torch.inference_mode():
         expected = tagger(torch.from_numpy(ids), torch.from_numpy(mask))
     valid = mask.astype(bool)

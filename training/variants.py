@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from app.bundle import CPU, Choice, choose, decoding, onnx_tagger, read_manifest, variant_file
+from app.bundle import CPU, Choice, choose, onnx_tagger, variant_file
+from app.manifest import Manifest, read_manifest
 from app.metric import evaluate
 from app.pipeline import Pipeline
 from app.text.brat import Document, read_corpus
@@ -18,20 +19,21 @@ from app.text.brat import Document, read_corpus
 CPU_DEFAULT = "cpu-default"
 
 
-def variant_of(manifest: dict, spec: str) -> dict[str, str]:
+def variant_of(manifest: Manifest, spec: str) -> dict[str, str]:
     """Each model's variant: `spec` for all, or with "cpu-default" the one the service picks on a CPU."""
     if spec == CPU_DEFAULT:
-        return {name: choose(manifest, name, device="cpu").variant for name in manifest["models"]}
-    return dict.fromkeys(manifest["models"], spec)
+        return {name: choose(manifest, name, device="cpu").variant for name in manifest.models}
+    return dict.fromkeys(manifest.models, spec)
 
 
-def pipeline_for(bundle: Path, manifest: dict, variant: str, threads: int = 0) -> Pipeline:
+def pipeline_for(bundle: Path, manifest: Manifest, variant: str, threads: int = 0) -> Pipeline:
+    """The pipeline of `variant` (as `variant_of` takes it) on the CPU, decoding as the bundle does."""
     picked = variant_of(manifest, variant)
     taggers = {
         name: onnx_tagger(bundle, manifest, name, Choice(picked[name], [CPU], "measured"), threads)
-        for name in manifest["models"]
+        for name in manifest.models
     }
-    return Pipeline(ner=taggers["ner"], re=taggers.get("re"), **decoding(manifest, bundle))
+    return Pipeline(ner=taggers["ner"], re=taggers.get("re"), decoding=manifest.decoding)
 
 
 def dev_scores(pipe: Pipeline, gold: Sequence[Document], label: str) -> dict[str, float]:
@@ -66,19 +68,17 @@ def speed(pipes: dict[str, Pipeline], docs: Sequence[Document], rounds: int = 3)
 
 def measure(bundle: Path, corpus: Path, variants: Sequence[str] | None = None, speed_docs: int = 3) -> dict:
     manifest = read_manifest(bundle)
-    dev_names = set(manifest["models"]["ner"].get("dev_documents", []))
-    docs = read_corpus(corpus)
-    gold = [d for d in docs if d.name in dev_names]
+    gold, _ = manifest.dev_split(read_corpus(corpus))
     if not gold:
         raise SystemExit(f"none of the bundle's dev documents are under {corpus}")
-    variants = list(variants or manifest["models"]["ner"]["variants"])
+    variants = list(variants or manifest.models["ner"].variants)
     pipes = {v: pipeline_for(bundle, manifest, v) for v in variants}
     result: dict = {"dev_documents": len(gold), "variants": {}}
     for v in variants:
         # A derived variant's bytes are those of its file in the cache, which the bundle does not hold.
         picked = variant_of(manifest, v)
         size = sum(variant_file(bundle, manifest, m, x).stat().st_size for m, x in picked.items())
-        derived = any("derive" in manifest["models"][m]["variants"][x] for m, x in picked.items())
+        derived = any(manifest.models[m].variants[x].derive is not None for m, x in picked.items())
         result["variants"][v] = {
             "models": picked,
             "bytes": size,

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bundle import read_manifest
 from app.corpus import relation_signatures
+from app.decoding import Decoding
+from app.manifest import read_manifest
 from app.metric import evaluate
 from app.pipeline import Pipeline, Runner
 from app.text.brat import read_corpus
@@ -76,11 +77,9 @@ def main() -> None:
     parser.add_argument("--skip-standard", action="store_true", help="only the biases, bars and counts above")
     args = parser.parse_args()
     manifest = read_manifest(args.bundle)
-    dev = set(manifest["models"]["ner"]["dev_documents"])
-    corpus = read_corpus(args.corpus)
-    gold = [d for d in corpus if d.name in dev]
+    gold, training = manifest.dev_split(read_corpus(args.corpus))
     # Signatures are counted on the training documents only, as an export would.
-    seen = relation_signatures(d for d in corpus if d.name not in dev)
+    seen = relation_signatures(training)
     base = pipeline_for(args.bundle, manifest, args.variant)
     base.ner.run = cached(base.ner.run)
     base.re.run = cached(base.re.run)
@@ -93,20 +92,23 @@ def main() -> None:
     grid = itertools.product(floats(args.o_biases) or [0.0], floats(args.none_weights) or [1.0])
     settings += [("viterbi", "pair", 0.0, b, w, 0) for b, w in grid if args.o_biases or args.none_weights]
     # The signature rows use the bundle's own decoding (`base`), as the service would.
+    own = base.decoding
     settings += [
-        (base.bio, base.pairs, 0.0, base.o_bias, base.none_weight, int(c))
-        for c in floats(args.signature_counts)
+        (own.bio, own.pairs, 0.0, own.o_bias, own.none_weight, int(c)) for c in floats(args.signature_counts)
     ]
     for bio, pairs, min_prob, o_bias, none_weight, min_count in settings:
-        pipe = Pipeline(
-            ner=base.ner,
-            re=base.re,
+        decoding = Decoding(
             bio=bio,
             pairs=pairs,
             min_entity_prob=min_prob,
             o_bias=o_bias,
             none_weight=none_weight,
-            join_negations=base.join_negations,
+            join_negations=own.join_negations,
+        )
+        pipe = Pipeline(
+            ner=base.ner,
+            re=base.re,
+            decoding=decoding,
             signatures=frozenset(k for k, n in seen.items() if n >= min_count) if min_count else frozenset(),
         )
         started = time.perf_counter()

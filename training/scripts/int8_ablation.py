@@ -17,8 +17,8 @@ from pathlib import Path
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from app.bundle import read_manifest
 from app.derive import quantization_exclusions
+from app.manifest import Variant, read_manifest
 from app.text.brat import read_corpus
 from training.variants import dev_scores, pipeline_for, speed
 
@@ -46,8 +46,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     manifest = read_manifest(args.bundle)
-    entry = manifest["models"][args.model]
-    optimized = args.bundle / entry["variants"]["optimized"]["file"]
+    optimized = args.bundle / str(manifest.models[args.model].variants["optimized"].file)
     graph = onnx.load(str(optimized), load_external_data=False).graph
     for name, options in schemes(graph).items():
         out = optimized.with_name(f"model.{name}.onnx")
@@ -59,14 +58,14 @@ def main() -> None:
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             **options,
         )
-        entry["variants"][name] = {
-            "file": str(out.relative_to(args.bundle)),
-            "precision": "int8",
-            "providers": ["CPUExecutionProvider"],
-            "bytes": out.stat().st_size,
-        }
-    dev = set(entry["dev_documents"])
-    gold = [d for d in read_corpus(args.corpus) if d.name in dev]
+        scheme = Variant(
+            file=str(out.relative_to(args.bundle)),
+            precision="int8",
+            providers=("CPUExecutionProvider",),
+            bytes=out.stat().st_size,
+        )
+        manifest = manifest.with_variant(args.model, name, scheme)
+    gold, _ = manifest.dev_split(read_corpus(args.corpus))
     names = ["fp32", *schemes(graph)]
     pipes = {v: pipeline_for(args.bundle, manifest, v) for v in names}
     result = {}
@@ -74,7 +73,7 @@ def main() -> None:
         started = time.perf_counter()
         scores = dev_scores(pipes[v], gold, v)
         result[v] = {
-            "bytes": entry["variants"][v]["bytes"],
+            "bytes": manifest.models[args.model].variants[v].bytes,
             **scores,
             "eval_s": time.perf_counter() - started,
         }

@@ -12,7 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from app.bundle import read_manifest
+from app.manifest import read_manifest
 from app.text.brat import read_corpus
 from training.variants import pipeline_for
 
@@ -29,8 +29,7 @@ def main() -> None:
         bundle, _, variant = spec.rpartition(":")
         pipes[spec] = pipeline_for(Path(bundle), read_manifest(Path(bundle)), variant)
     first = read_manifest(Path(args.systems[0].rpartition(":")[0]))
-    dev = set(first["models"]["ner"]["dev_documents"])
-    gold = sorted((d for d in read_corpus(args.corpus) if d.name in dev), key=lambda d: len(d.text))
+    gold = sorted(first.dev_split(read_corpus(args.corpus))[0], key=lambda d: len(d.text))
     # The shortest keep the run short; a few from the first quartile stand for a typical report's pages.
     docs = (gold[:3] + gold[len(gold) // 4 :])[: args.docs]
     words = sum(len(d.text.split()) for d in docs)
