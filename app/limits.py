@@ -10,7 +10,7 @@ answered as JSON like every other error (docs/reliability.md has the whole table
   not answered within `request_timeout_s` of its arrival gets 504; work already running on the models
   cannot be interrupted (ONNX Runtime has no cancel), so it finishes in the background, still holding its
   slot so that the load stays bounded, and its result is dropped.
-- `Gate`, around each call of the models (app/main.py's `run`, in the request's worker thread): at most
+- `Gate`, around each call of the models (app/deps.py's `run`, in the request's worker thread): at most
   `max_concurrency` at once, at most `max_queue` more waiting (503 Overloaded and Retry-After beyond), none
   waiting past the request's deadline (504). Only requests that passed every check wait: a bad one is
   refused at once, however busy the models are, and a slow uploader holds no slot.

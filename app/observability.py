@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -18,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.responses import Response
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REGISTRY = CollectorRegistry()
@@ -89,10 +91,16 @@ def configure_logging(level: str) -> None:
 
 class RequestLog:
     """A request id for every request (X-Request-ID, generated when absent), one JSON access-log line, and
-    the request counters. No request text is logged unless configured."""
+    the request counters. No request text is logged unless configured.
 
-    def __init__(self, app: ASGIApp) -> None:
+    The counters' `endpoint` label is the template of the endpoint (one of `endpoints`) that the path
+    matches, else "other" (the page, the docs, unknown paths), so that the label's values stay few. The path
+    is matched here rather than read from the scope's route, because requests refused in front of the
+    application (413, 408, 504: app/limits.py) never reach its routing, and are counted by endpoint too."""
+
+    def __init__(self, app: ASGIApp, endpoints: Iterable[str]) -> None:
         self.app = app
+        self.endpoints = [(compile_path(template)[0], template) for template in endpoints]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,7 +130,7 @@ class RequestLog:
             await self.app(scope, receiving, send=sending)
         finally:
             path = scope.get("path", "")
-            endpoint = path if path in _ENDPOINTS else "other"
+            endpoint = next((t for pattern, t in self.endpoints if pattern.fullmatch(path)), "other")
             elapsed = time.perf_counter() - started
             REQUESTS.labels(endpoint, str(status)).inc()
             LATENCY.labels(endpoint).observe(elapsed)
@@ -135,17 +143,3 @@ class RequestLog:
                 "bytes": size,
             }
             log.info("request", extra=extra)
-
-
-_ENDPOINTS = {
-    "/extract",
-    "/extract/brat",
-    "/relations",
-    "/relations/brat",
-    "/brat/tagger",
-    "/brat/parse",
-    "/health",
-    "/ready",
-    "/metrics",
-    "/version",
-}

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 import httpx
 import onnxruntime
 import pytest
-from fastapi.routing import APIRoute
 from serving import (
     LIMIT,
     READ_TIMEOUT_S,
@@ -46,8 +45,7 @@ from serving import (
 
 from app import errors
 from app.bundle import sha256
-from app.main import create_app
-from app.settings import Settings
+from app.routes import api_routes
 from app.text.brat import read_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -876,12 +874,11 @@ def test_every_model_endpoint_is_behind_the_limits(limited: str, tmp_path: Path)
     """With the one slot busy and the one queue place taken, a valid request to any endpoint that runs the
     models is refused at once (503), while bad requests and requests that need no model are still
     answered at once: only requests that passed every check wait for the models."""
-    app = create_app(Settings(_env_file=None, bundle=tmp_path))
 
     def uses_models(dependant) -> bool:
         return any(d.call.__name__ == "extractor" or uses_models(d) for d in dependant.dependencies)
 
-    routes = {r.path for r in app.routes if isinstance(r, APIRoute) and uses_models(r.dependant)}
+    routes = {r.path for r in api_routes() if uses_models(r.dependant)}
     assert routes == set(MODEL_REQUESTS), "a new endpoint that runs the models needs a request here"
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(slow_extract, limited, 2)
