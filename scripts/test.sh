@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[serve,train,dev]'
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[serve,train,dev,ray]'
 ./scripts/install-chromium.sh  # Debian's Chromium for the page's browser test, when missing
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

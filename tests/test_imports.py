@@ -1,6 +1,7 @@
-"""The serving side must run on an install without torch or transformers: every module of app/ imports in
-a fresh interpreter in which they cannot be imported, without trying to, and neither is loaded afterwards.
-The command line's training commands import them when called, inside the function that runs them."""
+"""The serving side must run on an install without torch, transformers or ray: every module of app/ imports
+in a fresh interpreter in which they cannot be imported, without trying to, and none is loaded afterwards.
+The command line's training commands and `annotate --engine ray` import them when called, inside the
+function that runs them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers")
+HEAVY = ("torch", "transformers", "ray")
 
 # Run in a fresh interpreter: a finder placed first on sys.meta_path refuses the heavy packages, as an
 # install without them would, and notes which module tried them (even one that would fall back); then every
@@ -62,6 +63,6 @@ def test_every_app_module_imports_without_torch() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
     )
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["failed"] == {}, "these modules fail to import without torch and transformers"
-    assert report["tried"] == {}, "importing these modules tries torch or transformers"
+    assert report["failed"] == {}, "these modules fail to import without torch, transformers and ray"
+    assert report["tried"] == {}, "importing these modules tries torch, transformers or ray"
     assert report["loaded"] == []
