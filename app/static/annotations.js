@@ -28,6 +28,7 @@ export function makeDocument(text, entities, relations) {
       start: e.start,
       end: e.end,
       text: e.text,
+      score: scoreOf(e),
       fragments,
       units: fragments.map(([a, b]) => [unit(a), unit(b)]),
     };
@@ -37,8 +38,25 @@ export function makeDocument(text, entities, relations) {
   // files, so this only guards against a hand-edited answer.
   const rels = relations
     .filter((r) => byId.has(r.arg1) && byId.has(r.arg2))
-    .map((r, index) => ({ index, id: r.id, type: r.type, arg1: r.arg1, arg2: r.arg2 }));
-  return { text, entities: ents, relations: rels, byId, unitOffset: unit };
+    .map((r, index) => ({ index, id: r.id, type: r.type, arg1: r.arg1, arg2: r.arg2, score: scoreOf(r) }));
+  // A model's answer scores what it found; annotations read from a file have no scores.
+  const scored = ents.some((e) => e.score !== null) || rels.some((r) => r.score !== null);
+  return { text, entities: ents, relations: rels, byId, unitOffset: unit, scored };
+}
+
+// The model's confidence in [0, 1], or null where the answer has none (absent or null).
+function scoreOf(item) {
+  return typeof item.score === "number" && Number.isFinite(item.score) ? item.score : null;
+}
+
+// What the score bar lets through: an item without a score is never hidden by it.
+export function passes(item, threshold) {
+  return item.score === null || item.score >= threshold;
+}
+
+// Two decimals, rounded down, as the bar's steps are: a score shown as 0.49 is hidden at 0.50 and shown at 0.49.
+export function formatScore(score) {
+  return score === null ? "–" : (Math.floor(score * 100 + 1e-9) / 100).toFixed(2);
 }
 
 // brat's line format cannot hold a line break inside an entity's text: the service's writer

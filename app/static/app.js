@@ -1,7 +1,7 @@
 // The page: input (pasted text, or a .txt with or without its .ann), the calls to the service, and the
 // views of the result (text with arcs, tables, legends, downloads).
 
-import { describeRelation, formatAnn, makeDocument, quote } from "./annotations.js";
+import { describeRelation, formatAnn, formatScore, makeDocument, passes, quote } from "./annotations.js";
 import { ApiError, request } from "./api.js";
 import { entityColours, orderTypes, relationColour } from "./colours.js";
 import { idOrder, SortableTable } from "./tables.js";
@@ -17,6 +17,7 @@ const state = {
   payload: null, // the API's answer, as downloaded in .json
   name: "document",
   hidden: { entityTypes: new Set(), relationTypes: new Set() },
+  threshold: 0, // the score bar: entities and relations scored below it are not shown
 };
 
 const view = new TextView($("doc"));
@@ -29,6 +30,7 @@ const entityTable = new SortableTable(
     { key: "start", label: "Start", numeric: true, value: (e) => e.start, cell: (e) => String(e.start) },
     { key: "end", label: "End", numeric: true, value: (e) => e.end, cell: (e) => String(e.end) },
     { key: "text", label: "Text", value: (e) => e.text, cell: (e) => e.text },
+    scoreColumn(),
   ],
   "Entities",
 );
@@ -40,6 +42,7 @@ const relationTable = new SortableTable(
     { key: "type", label: "Type", value: (r) => r.type, cell: (r) => r.type },
     { key: "arg1", label: "From (Arg1)", value: (r) => argument(r.arg1), cell: (r) => argument(r.arg1) },
     { key: "arg2", label: "To (Arg2)", value: (r) => argument(r.arg2), cell: (r) => argument(r.arg2) },
+    scoreColumn(),
     {
       key: "words",
       label: "In words",
@@ -49,6 +52,12 @@ const relationTable = new SortableTable(
   ],
   "Relations (each is an arc in the Text view)",
 );
+
+function scoreColumn() {
+  // Unscored rows (none in a model's answer) sort below every score.
+  const value = (x) => (x.score === null ? -1 : x.score);
+  return { key: "score", label: "Score", numeric: true, value, cell: (x) => formatScore(x.score) };
+}
 
 function argument(id) {
   const e = state.doc.byId.get(id);
@@ -168,6 +177,11 @@ function show(doc, payload, name, facts) {
   state.name = name;
   state.hidden.entityTypes.clear();
   state.hidden.relationTypes.clear();
+  state.threshold = 0;
+  $("threshold").value = "0";
+  $("score-filter").hidden = !doc.scored;
+  entityTable.showColumn("score", doc.scored);
+  relationTable.showColumn("score", doc.scored);
   $("result").hidden = false;
   $("result-heading").textContent =
     `Annotations: ${count(doc.entities.length, "entity", "entities")}, ` +
@@ -177,17 +191,35 @@ function show(doc, payload, name, facts) {
   refresh();
 }
 
+// What passes the score bar: an entity scored at least the bar, a relation scored so between two such.
+function aboveBar() {
+  const doc = state.doc;
+  const entities = doc.entities.filter((e) => passes(e, state.threshold));
+  const ids = new Set(entities.map((e) => e.id));
+  const relations = doc.relations.filter((r) => passes(r, state.threshold) && ids.has(r.arg1) && ids.has(r.arg2));
+  return { entities, relations };
+}
+
 function refresh() {
-  view.show(state.doc, state.hidden);
-  entityTable.set(state.doc.entities.filter((e) => !state.hidden.entityTypes.has(e.type)));
-  relationTable.set(
-    state.doc.relations.filter(
-      (r) =>
-        !state.hidden.relationTypes.has(r.type) &&
-        !state.hidden.entityTypes.has(state.doc.byId.get(r.arg1).type) &&
-        !state.hidden.entityTypes.has(state.doc.byId.get(r.arg2).type),
-    ),
+  const doc = state.doc;
+  const above = aboveBar();
+  const entities = above.entities.filter((e) => !state.hidden.entityTypes.has(e.type));
+  const ids = new Set(entities.map((e) => e.id));
+  const relations = above.relations.filter(
+    (r) => !state.hidden.relationTypes.has(r.type) && ids.has(r.arg1) && ids.has(r.arg2),
   );
+  const shownEntities = new Set(entities);
+  const shownRelations = new Set(relations);
+  view.show(doc, { entity: (e) => shownEntities.has(e), relation: (r) => shownRelations.has(r) });
+  entityTable.set(entities);
+  relationTable.set(relations);
+  counts(above);
+  if (doc.scored) {
+    $("threshold-value").textContent = state.threshold.toFixed(2);
+    $("threshold-shown").textContent =
+      `${above.entities.length} of ${count(doc.entities.length, "entity", "entities")} and ` +
+      `${above.relations.length} of ${count(doc.relations.length, "relation", "relations")} at or above it.`;
+  }
 }
 
 function count(n, one, many) {
@@ -228,6 +260,7 @@ function fileFacts(txt, ann, parsed) {
   return out;
 }
 
+// The chips: one per type in the answer, whatever the bar hides (their counts follow it: `counts`).
 function legends() {
   const doc = state.doc;
   const entityCounts = tally(doc.entities);
@@ -246,6 +279,20 @@ function legends() {
   );
   if (!relationCounts.size) $("relation-legend").textContent = "none";
   if (!entityCounts.size) $("entity-legend").textContent = "none";
+}
+
+// Each chip counts its type's annotations that pass the score bar; a type pressed off keeps its count, so
+// that the chip says what pressing it brings back.
+function counts(above) {
+  for (const [legend, items] of [
+    ["entity-legend", above.entities],
+    ["relation-legend", above.relations],
+  ]) {
+    const n = tally(items);
+    for (const chip of $(legend).querySelectorAll(".chip")) {
+      chip.querySelector(".chip-count").textContent = String(n.get(chip.dataset.type) || 0);
+    }
+  }
 }
 
 function tally(items) {
@@ -345,6 +392,10 @@ async function describeService() {
 const stored = sessionStorage.getItem(KEY_STORE);
 if (stored) $("api-key").value = stored;
 $("api-key").addEventListener("input", () => sessionStorage.setItem(KEY_STORE, key()));
+$("threshold").addEventListener("input", () => {
+  state.threshold = Number($("threshold").value);
+  refresh();
+});
 $("paste-form").addEventListener("submit", onPaste);
 $("upload-form").addEventListener("submit", onUpload);
 $("key-form").addEventListener("submit", (event) => event.preventDefault()); // Enter in the key field

@@ -7,7 +7,7 @@ function compare(a, b) {
 }
 
 export class SortableTable {
-  // columns: [{key, label, value(row) -> sort value, cell(row) -> string, numeric?}]
+  // columns: [{key, label, value(row) -> sort value, cell(row) -> string, numeric?, hidden?}]
   constructor(table, columns, caption) {
     this.table = table;
     this.columns = columns;
@@ -34,6 +34,14 @@ export class SortableTable {
     head.append(tr);
     this.body = document.createElement("tbody");
     table.replaceChildren(cap, head, this.body);
+  }
+
+  // A column that only some answers have (the scores): left out of the header and the rows, not emptied.
+  showColumn(key, on) {
+    const i = this.columns.findIndex((c) => c.key === key);
+    this.columns[i].hidden = !on;
+    this.headers[i].hidden = !on;
+    if (!on && this.order && this.order.key === key) this.order = null;
   }
 
   set(rows) {
@@ -64,6 +72,7 @@ export class SortableTable {
     for (const row of rows) {
       const tr = document.createElement("tr");
       for (const column of this.columns) {
+        if (column.hidden) continue;
         const td = document.createElement("td");
         if (column.numeric) td.className = "num";
         const content = column.cell(row);

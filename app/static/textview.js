@@ -9,7 +9,7 @@
 // the whole layout is redone when the width changes. A relation between rows is drawn as two pieces, one
 // leaving its row at the right edge and one entering the other row at the left edge (as brat does).
 
-import { describeRelation } from "./annotations.js";
+import { describeRelation, formatScore, quote } from "./annotations.js";
 import { entityColours, relationColour } from "./colours.js";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -82,10 +82,11 @@ export class TextView {
     root.addEventListener("pointerleave", () => this.unfocus());
   }
 
-  // doc: from makeDocument; hidden: {entityTypes: Set, relationTypes: Set}.
-  show(doc, hidden) {
+  // doc: from makeDocument; shows: {entity(e), relation(r)}, which of them to draw (a relation is drawn
+  // only with both its arguments).
+  show(doc, shows) {
     this.doc = doc;
-    this.hidden = hidden;
+    this.shows = shows;
     this.width = -1;
     this.cpOf = null;
     this.layout();
@@ -107,11 +108,11 @@ export class TextView {
     if (width === 0) return; // hidden (another tab): laid out when shown, through the resize observer
     this.width = width;
     this.unfocus();
-    const entities = doc.entities.filter((e) => !this.hidden.entityTypes.has(e.type));
+    const entities = doc.entities.filter(this.shows.entity);
     const shown = new Set(entities.map((e) => e.index));
     const relations = doc.relations.filter(
       (r) =>
-        !this.hidden.relationTypes.has(r.type) &&
+        this.shows.relation(r) &&
         shown.has(doc.byId.get(r.arg1).index) &&
         shown.has(doc.byId.get(r.arg2).index),
     );
@@ -176,6 +177,7 @@ export class TextView {
         node = element("span", "lab");
         node.textContent = e.type;
         node.dataset.ent = e.id;
+        node.title = this.describe([e]);
         this.paint(node, e);
       } else {
         node = element("span", atom.ents.length ? "ent" : atom.kind === "space" ? "sp" : "w");
@@ -188,6 +190,7 @@ export class TextView {
           if (atom.ents.some((f) => f.a === atom.s)) node.classList.add("ent-start");
           if (atom.ents.some((f) => f.b === atom.e)) node.classList.add("ent-end");
           node.dataset.ents = atom.ents.map((f) => f.e.id).join(" ");
+          node.title = this.describe(atom.ents.map((f) => f.e));
           node.dataset.start = String(this.codePoint(atom.s));
           node.dataset.end = String(this.codePoint(atom.e));
         }
@@ -214,6 +217,11 @@ export class TextView {
     const widths = new Map([...samples].map(([k, node]) => [k, node.getBoundingClientRect().width]));
     for (const atom of atoms) atom.w = atom.key === undefined ? 0 : widths.get(atom.key);
     return nodes;
+  }
+
+  // The hover text of an atom or label: each entity it belongs to, with its score where the answer has one.
+  describe(entities) {
+    return entities.map((e) => `${e.id} ${e.type} ${quote(e)}${scored(this.doc, e)}`).join("\n");
   }
 
   paint(node, entity) {
@@ -416,7 +424,7 @@ export class TextView {
       const colour = relationColour(item.rel.type);
       g.style.setProperty("--arc", colour);
       const title = svgElement("title");
-      title.textContent = `${item.rel.id} ${describeRelation(doc, item.rel)}`;
+      title.textContent = `${item.rel.id} ${describeRelation(doc, item.rel)}${scored(doc, item.rel)}`;
       g.append(title);
       for (const p of item.pieces) this.drawPiece(g, p, item, rowTop[p.row], rows[p.row].levels, width);
       this.svg.append(g);
@@ -522,6 +530,10 @@ export class TextView {
     this.focused = [];
     this.root.classList.remove("focusing");
   }
+}
+
+function scored(doc, item) {
+  return doc.scored ? `, score ${formatScore(item.score)}` : "";
 }
 
 function reversePath(xs, xe, y, r, dir, startLeg, endLeg) {
