@@ -1,4 +1,5 @@
-"""The HTTP service under load: a real uvicorn process on 127.0.0.1 and an asyncio load generator.
+"""The HTTP service under load: a real `renersans serve` on 127.0.0.1 (bench/server.py: the command users
+run, with its connection guard and keep-alive) and an asyncio load generator.
 
     python -m bench.http_load --bundle /tmp/bench-bundle --variant int8 [--device cuda]
         [--concurrency 1,4,16,64] [--level-seconds 60] [--soak 10000] [--batching-ms 2]
@@ -18,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,93 +31,34 @@ import numpy as np
 
 from bench.docs import corpus_texts, pages
 from bench.machine import RESULTS, describe, pid_rss_mb, write_result
-from bench.systems import ROOT, add_system_args
+from bench.server import Budget, Server, back_to_back, serve
+from bench.systems import add_system_args
 
 LOGS = Path(tempfile.gettempdir())  # the servers' logs; nothing in them belongs in the repository
 SENTENCE = "Рост валового регионального продукта в 2019 году составил 3,5 % по сравнению с 2018 годом."
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`uvicorn app.main:app_factory` in its own process, configured by RENERSANS_* variables."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "w")  # noqa: SIM115 - open for the server's lifetime
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "app.main:app_factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
-        self.process = subprocess.Popen(
-            cmd, env={**os.environ, **env}, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited ({self.process.returncode}); see {log}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"the server was not ready in 300 s; see {log}")
-
-    @property
-    def rss_mb(self) -> float:
-        return pid_rss_mb(self.process.pid)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
 async def load(url: str, text: str, concurrency: int, max_requests: int, seconds: float) -> dict[str, Any]:
     """`concurrency` clients posting `text` back to back until `max_requests` were sent or `seconds` ran out;
     latencies of the answered requests, errors counted (any status but 200, or no answer)."""
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    sent = 0
-    deadline = time.perf_counter() + seconds
+    by_status: dict[str, list[float]] = {}
+    failed: Counter[str] = Counter()
+    budget, until = Budget(max_requests), time.monotonic() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
 
-        async def worker() -> None:
-            nonlocal sent
-            while sent < max_requests and time.perf_counter() < deadline:
-                sent += 1
-                started = time.perf_counter()
-                try:
-                    r = await client.post("/extract", json={"text": text})
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - started)
-                    else:
-                        errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                except httpx.HTTPError as exc:
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        async def send() -> str | None:
+            try:
+                return str((await client.post("/extract", json={"text": text})).status_code)
+            except httpx.HTTPError as exc:
+                failed[type(exc).__name__] += 1
+                return None
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
+        started = time.monotonic()
+        await asyncio.gather(*(back_to_back(send, until, by_status, budget) for _ in range(concurrency)))
+        wall = time.monotonic() - started
+    latencies = by_status.pop("200", [])
+    errors = {**{status: len(x) for status, x in by_status.items()}, **failed}
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {
         "concurrency": concurrency,
@@ -133,21 +72,19 @@ async def load(url: str, text: str, concurrency: int, max_requests: int, seconds
     }
 
 
-def latency_vs_in_process(server: Server, text: str, env: dict[str, str], pairs: int) -> dict[str, Any]:
+def latency_vs_in_process(server: Server, text: str, args: argparse.Namespace) -> dict[str, Any]:
     """One-page latency over HTTP against the same call in this process, interleaved, medians."""
     from app.service import Extractor
     from app.settings import Settings
 
-    settings = Settings(
-        bundle=Path(env["RENERSANS_BUNDLE"]), variant=env["RENERSANS_VARIANT"], device=env["RENERSANS_DEVICE"]
-    )
+    settings = Settings(bundle=args.bundle, variant=args.variant, device=args.device)
     extractor = Extractor(settings)
     extractor.warmup()
     http, local, served = [], [], []
     with httpx.Client(base_url=server.url, timeout=600) as client:
         client.post("/extract", json={"text": text}).raise_for_status()
         extractor.extract(text)
-        for _ in range(pairs):
+        for _ in range(args.pairs):
             t = time.perf_counter()
             answer = client.post("/extract", json={"text": text})
             http.append(time.perf_counter() - t)
@@ -160,7 +97,7 @@ def latency_vs_in_process(server: Server, text: str, env: dict[str, str], pairs:
             local.append(time.perf_counter() - t)
     return {
         "characters": len(text),
-        "pairs": pairs,
+        "pairs": args.pairs,
         "http_ms": [x * 1000 for x in http],
         "in_process_ms": [x * 1000 for x in local],
         "server_pipeline_ms": [x * 1000 for x in served],
@@ -218,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     page = pages(corpus, 1)
     paragraph = pages(corpus, 1)[:400].rsplit(" ", 1)[0]
     levels_c = [int(x) for x in args.concurrency.split(",")]
+    # The bundle goes as `--bundle`; these settings as the environment.
     env = {
-        "RENERSANS_BUNDLE": str(args.bundle),
         "RENERSANS_VARIANT": args.variant,
         "RENERSANS_DEVICE": args.device,
         "RENERSANS_MAX_QUEUE": str(max(*levels_c, 16) * 4),
@@ -228,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "machine": describe(),
         "device": args.device,
+        "server": f"renersans serve --bundle {args.bundle}",
         "server_env": env,
         "documents": {
             "page_characters": len(page),
@@ -235,10 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             "sentence_characters": len(SENTENCE),
         },
     }
-    server = Server(env, LOGS / "renersans-bench-server.log")
-    try:
+    with serve(args.bundle, log=LOGS / "renersans-bench-server.log", ready_s=300, **env) as server:
         if "latency" in parts:
-            result["latency_one_page"] = r = latency_vs_in_process(server, page, env, args.pairs)
+            result["latency_one_page"] = r = latency_vs_in_process(server, page, args)
             print(
                 f"overhead of the service {r['overhead_ms_median']:.1f} ms "
                 f"({r['ratio_to_server_pipeline_median']:.3f}x its own pipeline time); "
@@ -260,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             plot(result["levels"], args.device)
         if "soak" in parts:
             asyncio.run(load(server.url, SENTENCE, 16, 200, 120))  # allocator pools settle
-            before = server.rss_mb
+            before = pid_rss_mb(server.process.pid)
             r = asyncio.run(load(server.url, SENTENCE, 16, args.soak, args.soak_seconds))
-            after = server.rss_mb
+            after = pid_rss_mb(server.process.pid)
             result["soak"] = {
                 **r,
                 "rss_before_mb": before,
@@ -273,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"soak: {r['requests']} requests ({r['throughput_rps']:.1f}/s), errors {r['errors'] or 0}, "
                 f"RSS {before:.0f} -> {after:.0f} MB ({100 * (after / before - 1):+.1f} %)"
             )
-    finally:
-        server.stop()
     if "batching" in parts:
         result["batching"] = batching(env, paragraph, args)
     write_result(args.out or f"http-{args.device}", result)
@@ -283,14 +218,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def batching(env: dict[str, str], text: str, args: argparse.Namespace) -> dict[str, Any]:
     """Concurrency 16 against two servers, batching off and on, in alternating bursts; medians."""
-    servers = {
-        "off": Server(env, LOGS / "renersans-bench-off.log"),
-        "on": Server(
-            {**env, "RENERSANS_BATCH_WAIT_MS": str(args.batching_ms)}, LOGS / "renersans-bench-on.log"
-        ),
-    }
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    try:
+    wait = {"RENERSANS_BATCH_WAIT_MS": str(args.batching_ms)}
+    with (
+        serve(args.bundle, log=LOGS / "renersans-bench-off.log", ready_s=300, **env) as off,
+        serve(args.bundle, log=LOGS / "renersans-bench-on.log", ready_s=300, **env, **wait) as on,
+    ):
+        servers = {"off": off, "on": on}
         for r in range(args.batching_rounds):
             for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 runs[name].append(asyncio.run(load(servers[name].url, text, 16, 10**6, args.burst_seconds)))
@@ -300,9 +234,6 @@ def batching(env: dict[str, str], text: str, args: argparse.Namespace) -> dict[s
                     f"p99 {x['p99_ms']:.0f} ms"
                     f", errors {x['errors'] or 0}"
                 )
-    finally:
-        for s in servers.values():
-            s.stop()
     out: dict[str, Any] = {"wait_ms": args.batching_ms, "concurrency": 16, "runs": runs}
     for name, rs in runs.items():
         out[name] = {

@@ -18,12 +18,8 @@ import asyncio
 import io
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections import Counter, defaultdict
@@ -38,6 +34,7 @@ from app.service import validate_entities
 from app.text.brat import Document, Entity, parse_ann
 from bench.docs import DEFAULT_CORPUS, corpus_texts
 from bench.machine import describe, pid_rss_mb, write_result
+from bench.server import back_to_back, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 1_000_000  # the server's request size limit in this run
@@ -315,21 +312,23 @@ async def client(
     names = list(mix)
     weights = [mix[n][0] for n in names]
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
-        while time.monotonic() < deadline:
+
+        async def send() -> str | None:
             name = rng.choices(names, weights)[0]
-            started = time.monotonic()
             try:
                 kind, status = await mix[name][1](c, rng, tally)
             except Unexpected as exc:
                 tally.fail(name, str(exc))
-                continue
+                return None
             except (httpx.HTTPError, ValueError, KeyError) as exc:  # transport errors, bodies not as promised
                 tally.fail(name, f"{type(exc).__name__}: {exc}")
-                continue
+                return None
             tally.answers[(kind, status)] += 1
-            tally.latency[kind].append(time.monotonic() - started)
             if status != 200 and not kind.startswith("bad: "):
                 tally.fail(name, f"status {status}")
+            return kind
+
+        await back_to_back(send, deadline, tally.latency)
 
 
 async def sample_memory(
@@ -399,34 +398,6 @@ def server_statuses(url: str) -> Counter:
     return counts
 
 
-def start_server(bundle: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = Path(tempfile.mkstemp(prefix="soak-server-", suffix=".log")[1])
-    environ = {**{k: v for k, v in os.environ.items() if not k.startswith("RENERSANS_")}, **env}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--bundle", str(bundle)],
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return proc, url, log
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("the server did not become ready in 180 s")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
@@ -460,15 +431,15 @@ def main(argv: list[str] | None = None) -> int:
     warm = {**good_requests(longest), **{n: m for n, m in mix.items() if n in bad}}
 
     env = {"RENERSANS_MAX_REQUEST_BYTES": str(LIMIT), "RENERSANS_DEVICE": "cpu"}
-    proc, url, log = start_server(args.bundle, env)
-    machine = describe()
-    print(f"server {url} (pid {proc.pid}, log {log}), bundle {args.bundle}")
-    print(
-        f"{args.clients} clients: {args.warmup_minutes:g} min warm-up (the mix on the longest texts), then "
-        f"{args.minutes:g} min with {args.bad_share:.0%} of requests bad"
-    )
-    warming, tally, samples = Tally(), Tally(), []
-    try:
+    with serve(args.bundle, ready_s=180, **env) as server:
+        url, pid = server.url, server.process.pid
+        machine = describe()
+        print(f"server {url} (pid {pid}, log {server.log}), bundle {args.bundle}")
+        print(
+            f"{args.clients} clients: {args.warmup_minutes:g} min warm-up (the mix on the longest texts), "
+            f"then {args.minutes:g} min with {args.bad_share:.0%} of requests bad"
+        )
+        warming, tally, samples = Tally(), Tally(), []
         soak_from = time.monotonic() + args.warmup_minutes * 60
         deadline = soak_from + args.minutes * 60
 
@@ -479,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
 
             tally.started = soak_from
             await asyncio.gather(
-                sample_memory(proc.pid, soak_from, deadline, 5.0, samples),
+                sample_memory(pid, soak_from, deadline, 5.0, samples),
                 *(one(i) for i in range(args.clients)),
             )
 
@@ -487,15 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - tally.started
         tally.unexpected[:0] = [f"warm-up {u}" for u in warming.unexpected]
         statuses = server_statuses(url)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    logged_errors = [
-        line for line in log.read_text(errors="replace").splitlines() if '"level": "ERROR"' in line
-    ]
+    logged_errors = [line for line in server.output().splitlines() if '"level": "ERROR"' in line]
     result = summarise(args, machine, tally, elapsed, statuses, samples, logged_errors)
     result["warmup_requests"] = sum(warming.answers.values())
     report(result, tally)

@@ -4,7 +4,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving import LIMIT, READ_TIMEOUT_S, Served, start, stop, wait_ready
+from serving import LIMIT, READ_TIMEOUT_S, Served
+
+from bench.server import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "rurebus"
@@ -55,19 +57,15 @@ def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("served")
     (root / "work").mkdir()
     (root / "spool").mkdir()
-    proc, url = start(
+    with serve(
         tiny_bundle,
         cwd=root / "work",
         TMPDIR=str(root / "spool"),
         RENERSANS_MAX_REQUEST_BYTES=str(LIMIT),
         RENERSANS_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
         RENERSANS_FAULT_INJECTION="true",
-    )
-    try:
-        wait_ready(proc, url)
-        yield Served(url, root, proc.log_path)
-    finally:
-        stop(proc)
+    ) as server:
+        yield Served(server.url, root, server.log)
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,19 @@
-"""The service as the tests meet it: a real `renersans serve` process on 127.0.0.1, a raw-socket client
-for what an HTTP library will not send (a body that stalls, a head that trickles in, 10 MB nobody reads),
-and the small helpers the reliability tests share."""
+"""The service as the tests meet it: the shared test server's settings, a raw-socket client for what an
+HTTP library will not send (a body that stalls, a head that trickles in, 10 MB nobody reads), and the small
+helpers the reliability tests share. Servers are started by the one harness, bench/server.py."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import select
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import httpx
 
 # The shared test server's request size limit (small, so that tests exceed it cheaply) and read timeout.
 LIMIT = 300_000
@@ -34,72 +28,6 @@ class Served:
     url: str
     root: Path
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(bundle: Path, *args: str, cwd: Path | None = None, **env: str) -> tuple[subprocess.Popen, str]:
-    """`renersans serve` (extra `args`, e.g. "--grace", "3") on a free port; its log goes to a file (a pipe
-    nobody reads would fill and block the server), readable with `output(proc)`."""
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RENERSANS_")}
-    # The tests' cache of derived variants (conftest.py) is passed on: a service never writes ~/.cache.
-    cache = {k: v for k, v in os.environ.items() if k == "RENERSANS_CACHE_DIR"}
-    environ = {**base, **cache, "RENERSANS_BUNDLE": str(bundle), **env}
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],
-        env=environ,
-        cwd=cwd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    proc.log_path = Path(log.name)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def output(proc: subprocess.Popen) -> str:
-    return proc.log_path.read_text(encoding="utf-8", errors="replace")
-
-
-def _poll_ready(proc: subprocess.Popen, url: str, timeout: float, done, what: str) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {output(proc)}")
-        try:
-            r = httpx.get(f"{url}/ready", timeout=2)
-            if done(r):
-                return r
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server did not {what}: {output(proc)[-2000:]}")
-
-
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 60) -> httpx.Response:
-    return _poll_ready(proc, url, timeout, lambda r: r.status_code == 200, "become ready")
-
-
-def wait_started(proc: subprocess.Popen, url: str, timeout: float = 60) -> httpx.Response:
-    """The first answer of /ready, whatever it is, once the bundle has been tried (not 'starting')."""
-    return _poll_ready(
-        proc, url, timeout, lambda r: r.status_code == 200 or r.json()["reason"] != "starting", "start"
-    )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @dataclass

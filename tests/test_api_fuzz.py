@@ -30,7 +30,7 @@ from app.settings import Settings
 
 # `positive_data_acceptance` is left out on purpose: a schema cannot say "a .txt or .zip file, in UTF-8",
 # so schema-valid uploads that break those rules are rightly refused (400, 415); the bad-input matrix
-# (tests/test_reliability.py) checks those refusals one by one.
+# (tests/test_server_reliability.py) checks those refusals one by one.
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

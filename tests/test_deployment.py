@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import yaml
 from app import cli
 from app.bundle import CPU, CUDA
 from app.settings import Settings
+from bench.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("gpu", "cpu")
@@ -760,12 +760,6 @@ case "${1:-}" in
     *) exit 1 ;;
 esac
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

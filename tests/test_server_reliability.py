@@ -34,14 +34,9 @@ from serving import (
     READ_TIMEOUT_S,
     Answer,
     Served,
-    output,
     request_head,
     send_raw,
-    start,
-    stop,
     wait_for,
-    wait_ready,
-    wait_started,
     zip_of,
 )
 
@@ -51,6 +46,7 @@ from app.main import create_app
 from app.routes import api_routes
 from app.settings import Settings
 from app.text.brat import read_corpus
+from bench.server import serve, start
 
 ROOT = Path(__file__).resolve().parents[1]
 TEN_MB = 10_000_000
@@ -501,11 +497,12 @@ def test_connections_past_the_limit_are_refused_at_once(tiny_bundle: Path) -> No
     included, is answered 503 `Overloaded` at once, in the service's JSON, with CORS headers for a configured
     origin, and its connection closed; once others close, requests are served."""
     origin = "https://tagger.example.org"
-    proc, url = start(tiny_bundle, RENERSANS_MAX_CONNECTIONS="4", RENERSANS_CORS_ORIGINS=origin)
+    server = start(tiny_bundle, RENERSANS_MAX_CONNECTIONS="4", RENERSANS_CORS_ORIGINS=origin)
+    url = server.url
     parts = urlsplit(url)
     idle: list[socket.socket] = []
     try:
-        wait_ready(proc, url)
+        server.wait_ready()
         idle += [socket.create_connection((parts.hostname, parts.port)) for _ in range(2)]
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # 3 open of 4
         idle.append(socket.create_connection((parts.hostname, parts.port)))
@@ -529,7 +526,7 @@ def test_connections_past_the_limit_are_refused_at_once(tiny_bundle: Path) -> No
     finally:
         for s in idle:
             s.close()
-        stop(proc)
+        server.stop()
 
 
 # ---- concurrency and request time -------------------------------------------------------------------------
@@ -538,18 +535,14 @@ def test_connections_past_the_limit_are_refused_at_once(tiny_bundle: Path) -> No
 @pytest.fixture(scope="module")
 def limited(tiny_bundle: Path) -> Iterator[str]:
     """A server that runs one model request at a time, queues one more, and answers within 3 s."""
-    proc, url = start(
+    with serve(
         tiny_bundle,
         RENERSANS_MAX_CONCURRENCY="1",
         RENERSANS_MAX_QUEUE="1",
         RENERSANS_REQUEST_TIMEOUT_S="3",
         RENERSANS_FAULT_INJECTION="true",
-    )
-    try:
-        wait_ready(proc, url)
-        yield url
-    finally:
-        stop(proc)
+    ) as server:
+        yield server.url
 
 
 def slow_extract(url: str, seconds: float) -> httpx.Response:
@@ -594,17 +587,13 @@ def test_request_timeout_answers_504_and_frees_the_slot(limited: str) -> None:
 def batching(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A server that merges concurrent requests' encoder rows into shared batches (fp32, whose answers do
     not depend on batch mates), with fault injection."""
-    proc, url = start(
+    with serve(
         tiny_bundle,
         RENERSANS_BATCH_WAIT_MS="50",
         RENERSANS_VARIANT="fp32",
         RENERSANS_FAULT_INJECTION="true",
-    )
-    try:
-        wait_ready(proc, url)
-        yield Served(url, tmp_path_factory.mktemp("batching"), proc.log_path)
-    finally:
-        stop(proc)
+    ) as server:
+        yield Served(server.url, tmp_path_factory.mktemp("batching"), server.log)
 
 
 @pytest.mark.parametrize("server_kind", ["served", "batching"], ids=["alone", "cross-request batching"])
@@ -678,25 +667,25 @@ BROKEN = ["missing", "manifest not JSON", "ONNX file replaced", "ONNX file corru
 @pytest.mark.parametrize("kind", BROKEN)
 def test_broken_bundle_exits_naming_the_file(kind: str, tiny_bundle: Path, tmp_path: Path) -> None:
     bundle, named, phrase = break_bundle(kind, tiny_bundle, tmp_path)
-    proc, _ = start(bundle)
-    proc.wait(timeout=60)
-    log = output(proc)
-    assert proc.returncode != 0
+    server = start(bundle)
+    assert server.process.wait(timeout=60) != 0
+    log = server.output()
     assert str(named) in log and phrase in log, log[-2000:]
 
 
 def test_broken_bundle_with_wait_keeps_ready_false(tiny_bundle: Path, tmp_path: Path) -> None:
     bundle, named, phrase = break_bundle("ONNX file corrupt", tiny_bundle, tmp_path)
-    proc, url = start(bundle, RENERSANS_WAIT_FOR_BUNDLE="true")
+    server = start(bundle, RENERSANS_WAIT_FOR_BUNDLE="true")
+    url = server.url
     try:
-        r = wait_started(proc, url)
+        r = server.wait_started()
         assert r.status_code == 503 and str(named) in r.json()["reason"] and phrase in r.json()["reason"]
         assert httpx.get(f"{url}/health").status_code == 200
         refused = httpx.post(f"{url}/extract", json={"text": "x"})
         assert refused.status_code == 503 and refused.json()["error"] == "BundleError"
         assert str(named) in refused.json()["detail"]
     finally:
-        stop(proc)
+        server.stop()
 
 
 CUDA_ABSENT = pytest.mark.skipif(
@@ -707,31 +696,29 @@ CUDA_ABSENT = pytest.mark.skipif(
 
 @CUDA_ABSENT
 def test_gpu_requested_but_absent_falls_back_to_cpu(tiny_bundle: Path) -> None:
-    proc, url = start(tiny_bundle, RENERSANS_DEVICE="cuda")
-    try:
-        wait_ready(proc, url)
+    with serve(tiny_bundle, RENERSANS_DEVICE="cuda") as server:
+        url = server.url
         assert httpx.get(f"{url}/version").json()["model"]["providers"] == {
             "ner": "CPUExecutionProvider",
             "re": "CPUExecutionProvider",
         }
-        warnings = [json.loads(line) for line in output(proc).splitlines() if line.startswith("{")]
+        warnings = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
         assert any(w["level"] == "WARNING" and "CUDA was requested" in w["message"] for w in warnings)
         # Fault injection is off unless configured: the header is ignored.
         r = httpx.post(f"{url}/extract", json={"text": "Рост"}, headers={"X-Renersans-Fault": "error"})
         assert r.status_code == 200
-    finally:
-        stop(proc)
 
 
 @CUDA_ABSENT
 def test_gpu_required_but_absent_is_not_ready(tiny_bundle: Path) -> None:
-    proc, url = start(tiny_bundle, RENERSANS_DEVICE="cuda", RENERSANS_REQUIRE_GPU="true")
+    server = start(tiny_bundle, RENERSANS_DEVICE="cuda", RENERSANS_REQUIRE_GPU="true")
+    url = server.url
     try:
-        r = wait_started(proc, url)
+        r = server.wait_started()
         assert r.status_code == 503 and "GPU is required" in r.json()["reason"]
         assert httpx.get(f"{url}/version").json()["model"]["providers"]["ner"] == "CPUExecutionProvider"
     finally:
-        stop(proc)
+        server.stop()
 
 
 def in_flight_then_sigterm(proc, url: str, delay: float) -> tuple[dict, threading.Thread, float]:
@@ -764,9 +751,8 @@ def refused(url: str) -> bool:
 
 
 def test_sigterm_drains_in_flight_requests(tiny_bundle: Path) -> None:
-    proc, url = start(tiny_bundle, "--grace", "20", RENERSANS_FAULT_INJECTION="true")
-    try:
-        wait_ready(proc, url)
+    with serve(tiny_bundle, "--grace", "20", RENERSANS_FAULT_INJECTION="true") as server:
+        proc, url = server.process, server.url
         result, thread, signalled = in_flight_then_sigterm(proc, url, 2)
         wait_for(lambda: refused(url), timeout=2, what="new connections to be refused")
         assert thread.is_alive(), "refused while the in-flight request was still running"
@@ -776,22 +762,17 @@ def test_sigterm_drains_in_flight_requests(tiny_bundle: Path) -> None:
         assert proc.returncode in (0, -signal.SIGTERM)
         assert time.monotonic() - signalled < 10, "exited when drained, not at the end of the grace period"
         assert result["r"].status_code == 200 and "entities" in result["r"].json()
-    finally:
-        stop(proc)
 
 
 def test_sigterm_past_the_grace_period_exits_on_time(tiny_bundle: Path) -> None:
-    proc, url = start(tiny_bundle, "--grace", "2", RENERSANS_FAULT_INJECTION="true")
-    try:
-        wait_ready(proc, url)
+    with serve(tiny_bundle, "--grace", "2", RENERSANS_FAULT_INJECTION="true") as server:
+        proc, url = server.process, server.url
         result, thread, signalled = in_flight_then_sigterm(proc, url, 30)
         proc.wait(timeout=20)
         assert time.monotonic() - signalled < 2 + 3, "exited at the end of the grace period"
-        assert proc.returncode == 1 and "unfinished after the grace period" in output(proc)
+        assert proc.returncode == 1 and "unfinished after the grace period" in server.output()
         thread.join(timeout=10)
         assert result["r"].status_code == 503 and result["r"].json()["error"] == "ShuttingDown"
-    finally:
-        stop(proc)
 
 
 # ---- who may call -----------------------------------------------------------------------------------------
@@ -839,12 +820,8 @@ ORIGIN = "https://tagger.example.org"
 
 @pytest.fixture(scope="module")
 def guarded(tiny_bundle: Path) -> Iterator[str]:
-    proc, url = start(tiny_bundle, RENERSANS_API_KEY=KEY, RENERSANS_CORS_ORIGINS=ORIGIN)
-    try:
-        wait_ready(proc, url)
-        yield url
-    finally:
-        stop(proc)
+    with serve(tiny_bundle, RENERSANS_API_KEY=KEY, RENERSANS_CORS_ORIGINS=ORIGIN) as server:
+        yield server.url
 
 
 def with_key(key: str | None = KEY, **headers: str) -> dict:

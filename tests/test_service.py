@@ -1,5 +1,5 @@
 """The service as users meet it: a real uvicorn process on 127.0.0.1 serving a real ONNX bundle. Bad
-input, limits, faults and access: tests/test_reliability.py."""
+input, limits, faults and access: tests/test_server_reliability.py."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving import start, stop, wait_ready
 
 from app.cli import main
 from app.metric import evaluate
 from app.text.brat import parse_ann, read_corpus
+from bench.server import serve
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +152,9 @@ def test_default_bundle_serves_real_predictions(corpus_dir: Path) -> None:
     doc = read_corpus(corpus_dir / "train_part_2")[0]
     # 6,000 characters: the first 3,000 hold only 3 gold relations, too few to expect one found.
     text = doc.text[:6000]
-    proc, url = start(DEFAULT)
-    try:
-        wait_ready(proc, url, timeout=120)
-        body = httpx.post(f"{url}/extract", json={"text": text}, timeout=120).json()
+    with serve(DEFAULT, ready_s=120) as server:
+        body = httpx.post(f"{server.url}/extract", json={"text": text}, timeout=120).json()
         assert len(body["entities"]) >= 10
         assert body["relations"]
         for e in body["entities"]:
             assert text[e["start"] : e["end"]] == e["text"]
-    finally:
-        stop(proc)
