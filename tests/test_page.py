@@ -24,12 +24,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from serving import start, stop, wait_ready
 
 from app.main import create_app
 from app.page import STATIC
 from app.settings import Settings
 from app.text.brat import Entity, Relation, format_ann, parse_ann, read_corpus
+from bench.server import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
@@ -208,12 +208,8 @@ def site(corpus_dir: Path) -> Iterator[str]:
     """`renersans serve` on models/default, with an API key (the page asks for it) and a small body limit."""
     if not (DEFAULT / "manifest.json").exists():
         pytest.skip("models/default has not been exported yet")
-    proc, url = start(DEFAULT, RENERSANS_API_KEY=KEY, RENERSANS_MAX_REQUEST_BYTES=str(LIMIT))
-    try:
-        wait_ready(proc, url, timeout=120)
-        yield url
-    finally:
-        stop(proc)
+    with serve(DEFAULT, ready_s=120, RENERSANS_API_KEY=KEY, RENERSANS_MAX_REQUEST_BYTES=str(LIMIT)) as server:
+        yield server.url
 
 
 def open_page(browser, url: str, key: str | None = KEY, width: int = 1000):
