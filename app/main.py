@@ -28,6 +28,7 @@ log = logging.getLogger("app")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service configured by `settings` (the environment's when none); its models load in `lifespan`."""
     settings = settings or Settings()
     observability.configure_logging(settings.log_level)
     app = FastAPI(

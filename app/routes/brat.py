@@ -20,7 +20,7 @@ router = APIRouter()
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "content": {"text/plain": {"schema": {"type": "string", "examples": ["Рост доходов"]}}},
         }
     },
 )

@@ -49,14 +49,13 @@ def extract(
     )
 
 
-@router.post(
-    "/extract/brat",
-    response_class=Response,
-)
+@router.post("/extract/brat", response_class=Response)
 def extract_brat(
     request: Request,
     ex: Engine,
-    file: Annotated[UploadFile, File(description="a brat .txt, or a .zip of them")],
+    file: Annotated[
+        UploadFile, File(description="a brat .txt, or a .zip of them", examples=["Рост доходов"])
+    ],
 ):
     """Upload a `.txt` and get its `.ann`; upload a `.zip` of `.txt` files and get a `.zip` of `.ann`."""
     name = file.filename or "document.txt"

@@ -31,15 +31,15 @@ def relations(body: RelationsRequest, ex: Engine, _json: JsonBody, request: Requ
     )
 
 
-@router.post(
-    "/relations/brat",
-    response_class=PlainTextResponse,
-)
+@router.post("/relations/brat", response_class=PlainTextResponse)
 def relations_brat(
     request: Request,
     ex: Engine,
-    txt: Annotated[UploadFile, File(description="the document .txt")],
-    ann: Annotated[UploadFile, File(description="its .ann with the entities (T lines)")],
+    txt: Annotated[UploadFile, File(description="the document .txt", examples=["Рост доходов"])],
+    ann: Annotated[
+        UploadFile,
+        File(description="its .ann with the entities (T lines)", examples=["T1\tCMP 0 4\tРост\n"]),
+    ],
 ):
     """Track 2 for brat files: the `.ann` back with the relations between its entities added."""
     text = decode_upload(txt.file.read(), txt.filename or "document.txt")
