@@ -170,7 +170,7 @@ class Extractor:
         by_span = {(e.start, e.end): e.id for e in entities}
         new_id = {e.id: by_span[(e.start, e.end)] for e in decoded.entities}
         rels = [
-            Relation(f"R{i}", r.type, new_id[r.arg1], new_id[r.arg2])
+            Relation(f"R{i}", r.type, new_id[r.arg1], new_id[r.arg2], r.score)
             for i, r in enumerate(decoded.relations, start=1)
         ]
         doc = Document(name, text, list(entities), rels)
