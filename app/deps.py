@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.params import Depends as Dependency
@@ -79,9 +79,14 @@ def guards(settings: Settings) -> list[Dependency]:
     return guarded
 
 
-def run(request: Request, endpoint: str, call: Callable[[], Result]) -> Result:
+# A Result, or a batch's list of them.
+R = TypeVar("R", Result, list[Result])
+
+
+def run(request: Request, endpoint: str, call: Callable[[], R]) -> R:
     """Run one inference call in one of the model slots (the concurrency limit); a failure inside the models
-    is this request's 503, not the process's. `endpoint` labels the documents counted in the metrics."""
+    is this request's 503, not the process's. `endpoint` labels the documents counted in the metrics; `call`
+    gives one Result, or a list of them for a batch."""
     try:
         with request.app.state.gate.slot():
             result = call()

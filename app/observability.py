@@ -51,12 +51,15 @@ log = logging.getLogger("app.access")
 
 
 def record(endpoint: str, result: Any) -> None:
-    doc = result.document
-    DOCUMENTS.labels(endpoint).inc()
-    ENTITIES.inc(len(doc.entities))
-    RELATIONS.inc(len(doc.relations))
-    CHARACTERS.inc(len(doc.text))
-    for stage, ms in result.timings_ms.items():
+    """Count a model call's documents and time its stages: `result` is one Result, or a list of those that
+    were batched together (their stages ran once for all, so they are timed once)."""
+    results = result if isinstance(result, list) else [result]
+    for r in results:
+        DOCUMENTS.labels(endpoint).inc()
+        ENTITIES.inc(len(r.document.entities))
+        RELATIONS.inc(len(r.document.relations))
+        CHARACTERS.inc(len(r.document.text))
+    for stage, ms in (results[0].timings_ms.items() if results else ()):
         STAGE.labels(stage).observe(ms / 1000)
 
 

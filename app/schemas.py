@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.selection import Selection
 
 EXAMPLE_TEXT = "Рост доходов населения в 2019 году обеспечен за счёт повышения заработной платы."
 
 
-class ExtractRequest(BaseModel):
+class ExtractRequest(Selection):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": EXAMPLE_TEXT}]})
 
     text: str = Field(description="raw text; offsets in the answer are character offsets into it as sent")
+    relations: bool = Field(True, description="also extract relations (the slower second stage)")
+
+
+class ExtractBatchRequest(Selection):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"texts": [EXAMPLE_TEXT, "Рост доходов населения"]}]}
+    )
+
+    # Any JSON value is taken per item, so that one item that is not a string gets its own error in its slot
+    # instead of failing the whole batch.
+    texts: list[Any] = Field(description="the texts, answered in this order; each as `text` in /extract")
     relations: bool = Field(True, description="also extract relations (the slower second stage)")
 
 
@@ -20,6 +35,13 @@ class EntityOut(BaseModel):
     start: int = Field(ge=0, description="first character, counted in Unicode code points")
     end: int = Field(ge=0, description="one past the last character")
     text: str = Field(description="exactly text[start:end]")
+    score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the model's confidence: the mean probability of the tags that make the entity "
+        "(B-TYPE on its first word, I-TYPE on the others); null where no model scored it",
+    )
 
 
 class RelationOut(BaseModel):
@@ -27,6 +49,13 @@ class RelationOut(BaseModel):
     type: str = Field(examples=["NPS"])
     arg1: str = Field(examples=["T2"])
     arg2: str = Field(examples=["T1"])
+    score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the probability of the pair decision that made the relation (both entities' marked "
+        "copies averaged); null where no model scored it",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -46,6 +75,18 @@ class ExtractResponse(BaseModel):
     relations: list[RelationOut]
     model: ModelInfo
     timings_ms: dict[str, float]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="the error's kind")
+    detail: str = Field(description="what was wrong and what to send instead")
+    error_id: str | None = Field(None, description="quote this when reporting a server-side failure")
+
+
+class ExtractBatchResponse(BaseModel):
+    results: list[ExtractResponse | ErrorResponse] = Field(
+        description="one per text, in order: what /extract answers for it, or the error that item alone met"
+    )
 
 
 class GivenEntity(BaseModel):
@@ -81,12 +122,6 @@ class RelationsResponse(BaseModel):
     relations: list[RelationOut]
     model: ModelInfo
     timings_ms: dict[str, float]
-
-
-class ErrorResponse(BaseModel):
-    error: str = Field(description="the error's kind")
-    detail: str = Field(description="what was wrong and what to send instead")
-    error_id: str | None = Field(None, description="quote this when reporting a server-side failure")
 
 
 class BratEntity(BaseModel):

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         120.0, gt=0, description="seconds from a request's arrival to its answer, queueing included (504)"
     )
+    max_batch_texts: int = Field(64, gt=0, description="texts in one POST /extract/batch (413 above)")
+    max_batch_chars: int = Field(
+        500_000, gt=0, description="characters of all texts in one POST /extract/batch (413 above)"
+    )
     max_concurrency: int = Field(4, gt=0, description="model requests run at once")
     max_queue: int = Field(32, ge=0, description="model requests waiting for a slot; more get 503 Overloaded")
     # Each connection holds a file descriptor and some memory; past this the process would run out of them

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from app.errors import BadEncoding, InputError
-from app.text.brat import Document, format_ann
 
 # A zip may expand to at most this many times the request limit, and hold at most this many files.
 ZIP_EXPANSION = 20
@@ -31,7 +30,7 @@ def safe_stem(stem: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:200] or "document"
 
 
-def annotate_zip(data: bytes, max_bytes: int, annotate: Callable[[str], Document]) -> bytes:
+def annotate_zip(data: bytes, max_bytes: int, annotate: Callable[[str], str]) -> bytes:
     """A zip of .txt in, a zip of their .ann out (each document through `annotate`, in the archive's order).
     Archives that cannot be read, that expand past `max_bytes`, hold paths that escape (absolute, `..`) or
     members compressed other than by deflate are refused (InputError) before anything is decompressed;
@@ -49,8 +48,7 @@ def annotate_zip(data: bytes, max_bytes: int, annotate: Callable[[str], Document
                 raise InputError(f"{m.filename}: cannot be decompressed ({exc})") from None
             if len(raw) != m.file_size:
                 raise InputError(f"{m.filename}: its size does not match the archive's record")
-            doc = annotate(decode_upload(raw, m.filename))
-            result.writestr(str(path.with_suffix(".ann")), format_ann(doc.entities, doc.relations))
+            result.writestr(str(path.with_suffix(".ann")), annotate(decode_upload(raw, m.filename)))
     return out.getvalue()
 
 

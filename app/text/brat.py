@@ -197,6 +197,13 @@ def format_ann(
     return "".join(line + "\n" for line in lines)
 
 
+def score_notes(entities: Sequence[Entity], relations: Iterable[Relation] = ()) -> list[str]:
+    """brat `AnnotatorNotes` lines with the score of each scored annotation (`#1\tAnnotatorNotes T1\t
+    score=0.9312`): brat shows a note when the pointer rests on its annotation, and reads such lines back."""
+    scored = [x for x in (*entities, *relations) if x.score is not None]
+    return [f"#{i}\tAnnotatorNotes {x.id}\tscore={x.score:.4f}" for i, x in enumerate(scored, start=1)]
+
+
 def renumber(
     entities: Iterable[Entity], relations: Iterable[Relation] = ()
 ) -> tuple[list[Entity], list[Relation]]:
