@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -536,6 +537,11 @@ def test_uploaded_pair_is_drawn_as_the_file(browser, site: str, corpus_dir: Path
     assert sorted(drawn["arcs"]) == sorted([r.id, r.type, r.arg1, r.arg2] for r in expected.relations)
     assert page.evaluate(ATTACHED) == [] and page.evaluate(FITS) == []
     assert "no model ran" in page.inner_text("#facts")
+    # A file's annotations have no scores: no score bar, no score column.
+    assert page.locator("#score-filter").is_hidden()
+    assert page.locator("#entity-table th", has_text="Score").count() == 1
+    assert page.locator("#entity-table th", has_text="Score").is_hidden()
+    assert "score" not in (page.locator("#doc .lab").first.get_attribute("title") or "")
     screenshot(page, "uploaded-pair", whole=False)
 
     with page.expect_download() as got:
@@ -572,6 +578,137 @@ def test_uploaded_text_alone_is_annotated_as_the_file_holds_it(
     parse_ann(
         Path(got.value.path()).read_text(encoding="utf-8"), text
     )  # checks every offset against the file
+    assert page.problems == []
+
+
+def shown_score(score: float) -> str:
+    """A score as the page writes it: two decimals rounded down, the score bar's steps."""
+    return f"{math.floor(score * 100 + 1e-9) / 100:.2f}"
+
+
+def set_bar(page, value: float) -> None:
+    """The score bar at `value`, as dragging it leaves it (an input event)."""
+    page.eval_on_selector(
+        "#threshold",
+        "(n, v) => { n.value = v; n.dispatchEvent(new Event('input', { bubbles: true })); }",
+        str(value),
+    )
+
+
+# The ids of the entities and relations drawn, the table rows and the legend's counts.
+SHOWN = """() => ({
+  entities: [...new Set([...document.querySelectorAll("#doc .ent")].flatMap((n) => n.dataset.ents.split(" ")))
+  ].sort(),
+  arcs: [...document.querySelectorAll("#doc g.arc")].map((g) => g.dataset.rel),
+  entityRows: [...document.querySelectorAll("#entity-table tbody tr")].map((r) => r.cells[0].textContent),
+  relationRows: [...document.querySelectorAll("#relation-table tbody tr")].map((r) => r.cells[0].textContent),
+  counts: Object.fromEntries([...document.querySelectorAll("#entity-legend .chip, #relation-legend .chip")]
+    .map((c) => [c.dataset.type, +c.querySelector(".chip-count").textContent])),
+})"""
+
+
+def test_scores_are_shown_and_the_bar_hides_what_is_below_it(browser, site: str, corpus_dir: Path) -> None:
+    text = paragraph_with_most_relations(corpus_dir)
+    page = open_page(browser, site)
+    page.fill("#text", text)
+    with page.expect_response(lambda r: r.url.endswith("/extract")) as answer:
+        page.click("#run")
+    body = answer.value.json()
+    page.wait_for_selector("#result:not([hidden])")
+    entities, relations = body["entities"], body["relations"]
+    assert entities and relations, "the default model finds entities and relations here"
+    scored = entities + relations
+    assert all(isinstance(x.get("score"), float) and 0 <= x["score"] <= 1 for x in scored), scored
+    by_id = {e["id"]: e for e in entities}
+
+    # Each score on hover (the label's and the arc's tooltips) and in the tables' Score column.
+    for e in entities:
+        title = page.locator(f'#doc .lab[data-ent="{e["id"]}"]').get_attribute("title")
+        assert f"score {shown_score(e['score'])}" in title, (e, title)
+    for r in relations:
+        title = page.locator(f'#doc g.arc[data-rel="{r["id"]}"] > title').text_content()
+        assert title.endswith(f"score {shown_score(r['score'])}"), (r, title)
+    for table, items in (("#entity-table", entities), ("#relation-table", relations)):
+        headers = page.locator(f"{table} th").all_inner_texts()
+        column = headers.index("Score")
+        cells = page.eval_on_selector_all(
+            f"{table} tbody tr",
+            "(rows, k) => rows.map((r) => [r.cells[0].textContent, r.cells[k].textContent])",
+            column,
+        )
+        assert dict(cells) == {x["id"]: shown_score(x["score"]) for x in items}
+    # The Score column sorts as the others do.
+    page.click("#tab-tables")
+    score_header = page.locator("#entity-table th", has_text="Score")
+    score_header.locator("button").click()
+    column = page.locator("#entity-table th").all_inner_texts().index("Score") + 1
+    sorted_scores = page.locator(f"#entity-table tbody tr td:nth-child({column})").all_inner_texts()
+    assert sorted_scores == sorted(sorted_scores) and score_header.get_attribute("aria-sort") == "ascending"
+    page.click("#tab-text")
+
+    # The bar: labelled, shows its value, starts at 0 with everything the API returned.
+    bar = page.get_by_label("Lowest score shown")
+    assert bar.is_visible() and bar.input_value() == "0"
+    assert page.inner_text("#threshold-value") == "0.00"
+    everything = page.evaluate(SHOWN)
+    assert sorted(everything["entities"]) == sorted(by_id) and sorted(everything["entityRows"]) == sorted(
+        by_id
+    )
+    assert sorted(everything["arcs"]) == sorted(r["id"] for r in relations)
+    assert everything["counts"] == Counter(e["type"] for e in entities) + Counter(
+        r["type"] for r in relations
+    )
+
+    # Raised step by step: never more than before; exactly what scores at least the bar, with the relations
+    # between such entities; the legend counts what is shown. Steps at the scores themselves and just above.
+    steps = sorted({min(1.0, math.floor(x["score"] * 100) / 100 + d) for x in scored for d in (0, 0.01)})
+    before = set(by_id)
+    for bar_at in [round(v, 2) for v in steps]:
+        set_bar(page, bar_at)
+        now = page.evaluate(SHOWN)
+        kept = {e["id"] for e in entities if e["score"] >= bar_at}
+        arcs = {r["id"] for r in relations if r["score"] >= bar_at and {r["arg1"], r["arg2"]} <= kept}
+        assert set(now["entities"]) <= before, f"raising the bar to {bar_at} showed an entity"
+        assert set(now["entities"]) == kept and set(now["entityRows"]) == kept, bar_at
+        assert set(now["arcs"]) == arcs and set(now["relationRows"]) == arcs, bar_at
+        shown_types = Counter(by_id[i]["type"] for i in kept) + Counter(
+            r["type"] for r in relations if r["id"] in arcs
+        )
+        assert {t: n for t, n in now["counts"].items() if n} == shown_types, bar_at
+        assert page.inner_text("#threshold-value") == f"{bar_at:.2f}"
+        before = set(now["entities"])
+    assert page.evaluate(ATTACHED) == []
+
+    # From the keyboard: Home back to 0 (everything again), arrows by 0.01, End to 1.
+    bar.focus()
+    page.keyboard.press("Home")
+    assert sorted(page.evaluate(SHOWN)["entities"]) == sorted(by_id)
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert bar.input_value() == "0.02" and page.inner_text("#threshold-value") == "0.02"
+    highest = max(e["score"] for e in entities)
+    set_bar(page, math.floor(highest * 100) / 100)
+    assert page.evaluate(SHOWN)["entities"], "the best-scored entity stays at its own score"
+    screenshot(page, "scores-bar")
+
+    # The downloads keep the whole answer, whatever the bar hides (as the page says).
+    bar.focus()
+    page.keyboard.press("End")
+    assert bar.input_value() == "1" and page.evaluate(SHOWN)["entities"] == sorted(
+        e["id"] for e in entities if e["score"] >= 1
+    )
+    assert "downloads keep the whole answer" in page.inner_text("#score-filter")
+    with page.expect_download() as js:
+        page.click("#download-json")
+    assert json.loads(Path(js.value.path()).read_text(encoding="utf-8")) == body
+    with page.expect_download() as ann:
+        page.click("#download-ann")
+    assert len(parse_ann(Path(ann.value.path()).read_text(encoding="utf-8"), text).entities) == len(entities)
+
+    # The bar's texts keep their contrast on the page's white.
+    for selector in ("#score-filter label", "#threshold-value", "#threshold-shown", "#threshold-note"):
+        colour = page.eval_on_selector(selector, "n => getComputedStyle(n).color")
+        assert contrast(colour, "rgb(255, 255, 255)") >= 4.5, selector
     assert page.problems == []
 
 
