@@ -59,7 +59,7 @@ def record(endpoint: str, result: Any) -> None:
         ENTITIES.inc(len(r.document.entities))
         RELATIONS.inc(len(r.document.relations))
         CHARACTERS.inc(len(r.document.text))
-    for stage, ms in (results[0].timings_ms.items() if results else ()):
+    for stage, ms in results[0].timings_ms.items() if results else ():
         STAGE.labels(stage).observe(ms / 1000)
 
 
