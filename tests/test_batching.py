@@ -183,7 +183,8 @@ def test_service_with_batching_extracts_as_without(paragraph: str, variant: str)
 
 
 def test_io_binding_gives_the_plain_runs_logits(tiny_bundle: Path) -> None:
-    from app.bundle import choose, onnx_tagger, read_manifest
+    from app.bundle import choose, onnx_tagger
+    from app.manifest import read_manifest
 
     manifest = read_manifest(tiny_bundle)
     choice = choose(manifest, "ner", "fp32", "cpu")

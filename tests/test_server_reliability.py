@@ -20,7 +20,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,8 +41,8 @@ from serving import (
 )
 
 from app import deps, errors
-from app.bundle import sha256
 from app.main import create_app
+from app.manifest import Manifest, read_manifest, sha256, write_manifest
 from app.routes import api_routes
 from app.settings import Settings
 from app.text.brat import read_corpus
@@ -628,13 +628,13 @@ def test_inference_error_fails_only_that_request(
     assert call("delay=0").status_code == 200
 
 
-def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> tuple[Path, dict, Path]:
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> tuple[Path, Manifest, Path]:
     """A copy of the tiny bundle, its manifest, and the ONNX file the service loads first on a CPU."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    variant = manifest["default_variant"]["cpu"]
-    return bundle, manifest, bundle / manifest["models"]["ner"]["variants"][variant]["file"]
+    manifest = read_manifest(bundle)
+    variant = str(manifest.default_for("cpu", "ner"))
+    return bundle, manifest, bundle / str(manifest.models["ner"].variants[variant].file)
 
 
 def break_bundle(kind: str, tiny_bundle: Path, tmp_path: Path) -> tuple[Path, Path, str]:
@@ -650,13 +650,13 @@ def break_bundle(kind: str, tiny_bundle: Path, tmp_path: Path) -> tuple[Path, Pa
         return bundle, onnx, "checksum differs"
     if kind == "ONNX file corrupt":  # with a matching checksum: only ONNX Runtime can tell
         onnx.write_bytes(GARBAGE)
-        for variant in manifest["models"]["ner"]["variants"].values():
-            if bundle / variant["file"] == onnx:
-                variant["sha256"] = sha256(onnx)
-        (bundle / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        for name, variant in manifest.models["ner"].variants.items():
+            if bundle / str(variant.file) == onnx:
+                manifest = manifest.with_variant("ner", name, replace(variant, sha256=sha256(onnx)))
+        write_manifest(bundle, manifest)
         return bundle, onnx, "ONNX Runtime cannot load it"
     assert kind == "tokenizer corrupt"
-    tokenizer = bundle / manifest["models"]["ner"]["tokenizer"]
+    tokenizer = bundle / manifest.models["ner"].tokenizer
     tokenizer.write_text('{"version": "1.0"}', encoding="utf-8")
     return bundle, tokenizer, "not a tokenizer.json"
 
