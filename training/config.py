@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import InputError
+from app.overrides import field_types, parse_overrides
 
 
 @dataclass
@@ -58,15 +59,11 @@ class TrainConfig:
         if path is not None:
             with open(path, "rb") as f:
                 values.update(tomllib.load(f))
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = field_types(cls)
         unknown = set(values) - set(fields)
         if unknown:
             raise InputError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(fields)}")
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep or key not in fields:
-                raise InputError(f"override {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
-            values[key] = _parse(raw, type(getattr(cls(), key)))
+        values.update(parse_overrides(overrides, fields))
         config = cls(**values)
         if config.task not in ("ner", "re"):
             raise InputError(f"task must be 'ner' or 're', not {config.task!r}")
@@ -74,11 +71,3 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _parse(raw: str, kind: type) -> Any:
-    if kind is bool:
-        if raw.lower() not in ("true", "false", "1", "0"):
-            raise InputError(f"expected true or false, got {raw!r}")
-        return raw.lower() in ("true", "1")
-    return kind(raw)

@@ -201,22 +201,16 @@ def decoding(args: argparse.Namespace) -> int:
     from app.decoding import Decoding
     from app.errors import BundleError
     from app.manifest import read_manifest, write_manifest
+    from app.overrides import field_types, parse_overrides
 
     manifest = read_manifest(args.dir)
-    settings = manifest.decoding.settings()
-    for item in args.set or []:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise BundleError(f"--set {item!r}: write it as NAME=VALUE, e.g. --set none_weight=1.0")
-        try:
-            value = json.loads(text)  # numbers, true and false
-        except json.JSONDecodeError:
-            value = text  # names such as viterbi
-        settings[key.strip()] = value
     if args.set:
         try:
-            manifest = dataclasses.replace(manifest, decoding=Decoding.read(settings))
-        except ValueError as exc:
+            changed = parse_overrides(args.set, field_types(Decoding))
+            manifest = dataclasses.replace(
+                manifest, decoding=dataclasses.replace(manifest.decoding, **changed)
+            )
+        except ValueError as exc:  # InputError too: a setting not written as NAME=VALUE, or not its type
             raise BundleError(f"--set: {exc}; {args.dir} is unchanged") from exc
         write_manifest(args.dir, manifest)
     print(json.dumps(manifest.decoding.settings(), indent=2))
