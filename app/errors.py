@@ -117,10 +117,15 @@ class InferenceError(RenersansError):
 
 
 class Overloaded(RenersansError):
-    """All model slots busy and the queue full (`RENERSANS_MAX_CONCURRENCY`, `RENERSANS_MAX_QUEUE`)."""
+    """All model slots busy and the queue full (`RENERSANS_MAX_CONCURRENCY`, `RENERSANS_MAX_QUEUE`), or the
+    connections at their limit. `retry_after_s` (whole seconds, HTTP's Retry-After) is when a retry is
+    likely to be taken: app/limits.py estimates it from the queue."""
 
     status = 503
-    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+    def __init__(self, message: str = "", retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, retry_after_s))}
 
 
 class ShuttingDown(RenersansError):

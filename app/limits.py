@@ -11,9 +11,10 @@ answered as JSON like every other error (docs/reliability.md has the whole table
   cannot be interrupted (ONNX Runtime has no cancel), so it finishes in the background, still holding its
   slot so that the load stays bounded, and its result is dropped.
 - `Gate`, around each call of the models (app/deps.py's `run`, in the request's worker thread): at most
-  `max_concurrency` at once, at most `max_queue` more waiting (503 Overloaded and Retry-After beyond), none
-  waiting past the request's deadline (504). Only requests that passed every check wait: a bad one is
-  refused at once, however busy the models are, and a slow uploader holds no slot.
+  `max_concurrency` at once, at most `max_queue` more waiting (503 Overloaded beyond, its Retry-After the
+  time the slots need for the queue at the recent time per call), none waiting past the request's deadline
+  (504). Only requests that passed every check wait: a bad one is refused at once, however busy the models
+  are, and a slow uploader holds no slot.
 - `GuardedH11Protocol`, uvicorn's HTTP/1.1 protocol with a deadline for each request's head: uvicorn times
   out idle keep-alive connections only, so without it a client that trickles header bytes (slow loris), or
   connects and sends nothing, holds a connection for ever.
@@ -26,6 +27,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -58,13 +60,35 @@ LINGER_BYTES = 16 * 2**20
 DEADLINE: ContextVar[float] = ContextVar("renersans_deadline", default=float("inf"))
 
 
+def retry_after_s(waiting: int, hold_s: float, slots: int, most_s: float) -> int:
+    """Whole seconds a refused client should wait before retrying (HTTP's Retry-After): the time `slots`
+    model slots take to work through the `waiting` requests at `hold_s` seconds each. At least 1; at most
+    `most_s` (the request timeout: by then every request now waiting has been answered or timed out)."""
+    return max(1, min(math.ceil(waiting * hold_s / slots), math.ceil(most_s)))
+
+
+class MeanTime:
+    """An exponentially weighted mean of durations in seconds: recent calls weigh most (`weight` for the
+    newest), so the estimate follows a change of load or of document length within a few calls. Before
+    the first call it is `initial`."""
+
+    def __init__(self, initial: float = 1.0, weight: float = 0.2) -> None:
+        self.seconds, self.weight, self.count = initial, weight, 0
+
+    def add(self, seconds: float) -> None:
+        self.seconds = seconds if self.count == 0 else self.seconds + self.weight * (seconds - self.seconds)
+        self.count += 1
+
+
 class Gate:
     """At most `slots` model calls at once, and at most `queue` more waiting for a slot, served in order of
-    arrival. Used from worker threads (the models run there), so it is a threading primitive."""
+    arrival. Used from worker threads (the models run there), so it is a threading primitive. A refusal's
+    Retry-After is estimated from the time recent calls held their slot, at most `most_wait_s`."""
 
-    def __init__(self, slots: int, queue: int) -> None:
-        self.slots, self.queue = slots, queue
+    def __init__(self, slots: int, queue: int, most_wait_s: float = 120.0) -> None:
+        self.slots, self.queue, self.most_wait_s = slots, queue, most_wait_s
         self.running = 0
+        self.hold = MeanTime()
         self._line: collections.deque[object] = collections.deque()
         self._changed = threading.Condition()
 
@@ -72,13 +96,19 @@ class Gate:
     def waiting(self) -> int:
         return len(self._line)
 
+    def retry_after_s(self) -> int:
+        """The Retry-After of a refusal now (whole seconds)."""
+        return retry_after_s(self.waiting, self.hold.seconds, self.slots, self.most_wait_s)
+
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         with self._changed:
             if self.running >= self.slots and self.waiting >= self.queue:
+                wait = self.retry_after_s()
                 raise Overloaded(
                     f"the service is at capacity ({self.running} requests running, {self.waiting} waiting); "
-                    "retry after a second"
+                    f"retry after {wait} s",
+                    retry_after_s=wait,
                 )
             ticket = object()
             self._line.append(ticket)
@@ -96,11 +126,13 @@ class Gate:
             finally:
                 self._line.remove(ticket)
                 self._changed.notify_all()  # the next in line may go now
+        started = time.monotonic()
         try:
             yield
         finally:
             with self._changed:
                 self.running -= 1
+                self.hold.add(time.monotonic() - started)
                 self._changed.notify_all()
 
 

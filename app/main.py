@@ -46,7 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.extractor = None
     app.state.not_ready = "starting"
-    app.state.gate = gate = limits.Gate(settings.max_concurrency, settings.max_queue)
+    app.state.gate = gate = limits.Gate(
+        settings.max_concurrency, settings.max_queue, most_wait_s=settings.request_timeout_s
+    )
     observability.IN_FLIGHT.set_function(lambda: gate.running)
     observability.QUEUED.set_function(lambda: gate.waiting)
 

@@ -97,6 +97,57 @@ def test_gate_serves_in_order_refuses_beyond_the_queue_and_times_out() -> None:
 
 
 @pytest.mark.parametrize(
+    ("waiting", "hold_s", "slots", "most_s", "expected"),
+    [
+        (32, 2.0, 4, 120, 16),  # the default queue, full, at 2 s a call: 8 rounds of the 4 slots
+        (3, 1.5, 2, 120, 3),  # 2.25 s, rounded up: HTTP's Retry-After is whole seconds
+        (32, 0.01, 4, 120, 1),  # fast calls: never 0, which would invite an immediate retry
+        (0, 5.0, 4, 120, 1),  # no queue (RENERSANS_MAX_QUEUE=0): at least a second
+        (32, 60.0, 4, 120, 120),  # long documents: never past the request timeout, when the queue is gone
+        (32, 60.0, 4, 2.5, 3),
+    ],
+)
+def test_retry_after_is_the_queue_at_the_recent_time_per_call(
+    waiting: int, hold_s: float, slots: int, most_s: float, expected: int
+) -> None:
+    assert limits.retry_after_s(waiting, hold_s, slots, most_s) == expected
+
+
+def test_gate_refusal_says_when_the_queue_will_have_gone() -> None:
+    """Known hold times fed to the gate's mean (no timing here): a refusal's Retry-After is the line ahead
+    at that mean, divided by the slots; the mean follows recent calls."""
+    mean = limits.MeanTime()
+    assert mean.seconds == 1.0, "before any call: a second, as before there was an estimate"
+    for seconds, expected in [(4.0, 4.0), (2.0, 3.6), (2.0, 3.28)]:
+        mean.add(seconds)
+        assert mean.seconds == pytest.approx(expected)
+
+    gate = limits.Gate(1, 2, most_wait_s=120)
+    gate.hold.add(3.0)
+    release = threading.Event()
+
+    def hold() -> None:
+        with gate.slot():
+            release.wait(10)
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    threads[0].start()
+    wait_for(lambda: gate.running == 1, what="the slot to be taken")
+    for place, t in enumerate(threads[1:], start=1):
+        t.start()
+        wait_for(lambda place=place: gate.waiting == place, what="the line to form")
+    with pytest.raises(errors.Overloaded) as refused, gate.slot():
+        pass
+    answer = refused.value.answer()
+    assert answer.status == 503 and answer.headers["Retry-After"] == "6"  # 2 waiting x 3 s / 1 slot
+    assert "retry after 6 s" in str(refused.value)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert gate.hold.count == 4 and (gate.running, gate.waiting) == (0, 0)
+
+
+@pytest.mark.parametrize(
     ("sent", "matches"),
     [(KEY, True), (KEY.encode().decode("latin-1"), True), (None, False), ("", False), (KEY[:-1], False)],
 )

@@ -562,7 +562,9 @@ def test_concurrency_limit_queues_then_refuses(limited: str) -> None:
         assert httpx.get(f"{limited}/health", timeout=2).status_code == 200
         assert running.result().status_code == 200 and queued.result().status_code == 200
     assert refused.status_code == 503 and refused.json()["error"] == "Overloaded"
-    assert refused.headers["retry-after"] == "1"
+    # Whole seconds, estimated from the queue (tests/test_reliability.py checks the estimate), at most the
+    # request timeout (3 s here).
+    assert 1 <= int(refused.headers["retry-after"]) <= 3
 
 
 def test_request_timeout_answers_504_and_frees_the_slot(limited: str) -> None:
@@ -895,7 +897,7 @@ def test_every_model_endpoint_is_behind_the_limits(limited: str) -> None:
         for path, kwargs in MODEL_REQUESTS.items():
             r = httpx.post(f"{limited}{path}", timeout=10, **kwargs)
             assert r.status_code == 503 and r.json()["error"] == "Overloaded", (path, r.text)
-            assert r.headers["retry-after"] == "1"
+            assert 1 <= int(r.headers["retry-after"]) <= 3
         refused_at_once = {
             "wrong content type",
             "schema violation",
