@@ -1,7 +1,7 @@
 """Variants a bundle derives on the host instead of shipping: `int8` for the CPU, made from the `fp16` file.
 
 The default bundle has room for one copy of each model within its size budget, and fp16 is the copy that
-serves a GPU. On a CPU int8 runs faster at dev F1 within 0.005 (training/RESULTS.md), so the manifest may
+serves a GPU. On a CPU int8 runs faster within the dev F1 a shipped variant may lose, so the manifest may
 declare `"int8": {"derive": {"from": "fp16", "method": ...}}` and the host makes it on first use: the fp16
 graph widened to fp32 (every fp16 value is exact in fp32), then dynamic int8 quantization (`quantize_int8`,
 one implementation for the exporter and the host). Three methods:
@@ -11,11 +11,11 @@ one implementation for the exporter and the host). Three methods:
   divided by a per-channel factor and its weight rows multiplied by it, exact in fp32, so that a few
   channels with outliers no longer set the int8 scale of the whole tensor. The factors come from activation
   maxima recorded on training documents (`activation_maxima`, `renersans bundle calibrate`) and shipped in
-  the bundle; with them every encoder product is quantized, the feed-forward projections included: 1.54x
-  fp16's CPU speed against 1.31x, but 0.006-0.013 dev F1 below fp16, over the bar, so it is opt-in.
+  the bundle; with them every encoder product is quantized, the feed-forward projections included. It is the
+  fastest variant but loses more dev F1 than a shipped variant may, so it is opt-in.
 - `int8-smooth-ffn`: SmoothQuant on the second feed-forward projections only, the products `int8-dynamic`
   keeps in fp32, and then every encoder product in int8. The default bundle's relation model derives its
-  int8 so: 1.09x the speed of its `int8-dynamic`, within 0.005 of fp16 on every track (training/RESULTS.md).
+  int8 so: faster than its `int8-dynamic` and as accurate. The figures of all three: training/RESULTS.md.
 
 The result is cached under a key of the source file's checksum, the method (and calibration) and ONNX
 Runtime's version, so later starts load it directly; `renersans bundle derive` makes it ahead of time (the
@@ -44,10 +44,9 @@ log = logging.getLogger(__name__)
 
 METHODS = ("int8-dynamic", "int8-smooth", "int8-smooth-ffn")
 SMOOTHED = ("int8-smooth", "int8-smooth-ffn")  # the methods that read a calibration file
-# SmoothQuant's migration strength: the share of an input channel's range moved into the weights. Chosen on
-# relation and entity batches of training and dev documents (closest logits to fp32 of 0.5 to 0.95); on dev
-# F1 `int8-smooth` is 0.006-0.013 below fp16 and `int8-smooth-ffn` of the relation model within 0.0033
-# (training/RESULTS.md).
+# SmoothQuant's migration strength: the share of an input channel's range moved into the weights. The value
+# whose int8 logits came closest to fp32's on relation and entity batches of training and dev documents, of
+# 0.5 to 0.95 (training/RESULTS.md).
 SMOOTH_ALPHA = 0.75
 CALIBRATION_FILE = "calibration.npz"
 # The variants a bundle can declare instead of shipping, as their manifest entries.
@@ -75,11 +74,10 @@ def quantization_exclusions(graph: Any, smoothed: bool = False) -> list[str]:
     each layer's second feed-forward projection.
 
     Dynamic quantization gives activations one int8 scale per tensor, and the GELU outputs feeding the
-    second projection have the widest range in the layer. Measured on the NER model's dev split
-    (training/RESULTS.md): quantizing everything lost 0.0074 F1, everything but the heads 0.0070, only
-    MatMuls (attention kept fp32) 0.0077, everything but these 0.0044, within the 0.005 a shipped variant
-    may lose. Smoothing tames those ranges, and then the projections, a third of the encoder's products,
-    run in int8 too."""
+    second projection have the widest range in the layer: keeping them in fp32 is what brings the NER
+    model's dev F1 within what a shipped variant may lose (training/RESULTS.md, "Int8
+    quantization schemes"). Smoothing tames those ranges, and then the projections, a third of the encoder's products, run
+    in int8 too."""
     return [
         n.name
         for n in graph.node

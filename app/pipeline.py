@@ -141,7 +141,7 @@ class Pipeline:
     # How logits become entities and relations: a bundle's own (its manifest's), or this version's defaults.
     decoding: Decoding = field(default_factory=Decoding)
     # Relations a pair of entity types may hold, (Arg1 type, relation, Arg2 type); empty allows all. Those
-    # seen in the training documents (`app/corpus.py: relation_signatures`) changed dev F1 by under 0.001
+    # seen in the training documents (`app/corpus.py: relation_signatures`) made no difference to dev F1
     # (training/RESULTS.md), so no bundle sets them.
     signatures: frozenset[Signature] = frozenset()
 
