@@ -75,9 +75,9 @@ def quantization_exclusions(graph: Any, smoothed: bool = False) -> list[str]:
 
     Dynamic quantization gives activations one int8 scale per tensor, and the GELU outputs feeding the
     second projection have the widest range in the layer: keeping them in fp32 is what brings the NER
-    model's dev F1 within what a shipped variant may lose (training/RESULTS.md, "Int8
-    quantization schemes"). Smoothing tames those ranges, and then the projections, a third of the encoder's products, run
-    in int8 too."""
+    model's dev F1 within what a shipped variant may lose (training/RESULTS.md, "Int8 quantization
+    schemes"). Smoothing tames those ranges, and then the projections, a third of the encoder's products,
+    run in int8 too."""
     return [
         n.name
         for n in graph.node
