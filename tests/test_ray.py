@@ -93,3 +93,17 @@ def test_ray_engine_equals_local_resumes_and_records_failures(
     entity = next(r for r in rows if r["kind"] == "entity")
     text = read_text(inputs / f"{entity['document']}.txt")
     assert text[entity["start"] : entity["end"]] == entity["text"]
+
+
+def test_command_line_runs_the_ray_engine(cluster: None, inputs: Path, tmp_path: Path) -> None:
+    """`renersans annotate --engine ray` on the cluster already started (it joins it rather than starting
+    another): exit status 1 for the two failing documents, the four .ann files written; Ray's options are
+    refused with the local engine."""
+    from app.cli import main
+
+    out = tmp_path / "out"
+    common = [str(inputs), str(out), "--bundle", str(BUNDLE), "--max-chars", str(MAX_CHARS)]
+    assert main(["annotate", *common, "--engine", "ray", "--actors", "1", "--cpus-per-actor", "2"]) == 1
+    assert len(ann_files(out)) == 4
+    assert len(json.loads((out / SUMMARY).read_text(encoding="utf-8"))["failures"]) == 2
+    assert main(["annotate", *common, "--actors", "2"]) == 2  # the local engine: "only with --engine ray"
