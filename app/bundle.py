@@ -1,9 +1,9 @@
 """Model bundles: a directory with `manifest.json`, a tokenizer and ONNX files per model and variant.
 
-The manifest describes the bundle completely (format version, labels, markers, length, files with their
-checksums, precisions and providers, and the decoding its dev figures were measured with), so the service
-needs nothing but this directory and ONNX Runtime.
-`check_bundle` names every problem it finds; `load_bundle` refuses a bundle with any.
+The manifest (`app/manifest.py`) describes the bundle completely, so the service needs nothing but this
+directory and ONNX Runtime. Here: `check_bundle` names every problem it finds (the service refuses a bundle
+with any), `choose` picks each model's variant for the hardware, and `onnx_tagger` runs one as a pipeline
+tagger.
 """
 
 from __future__ import annotations
