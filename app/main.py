@@ -15,7 +15,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import access, deps, limits, observability, page, routes
+from app import access, deps, drain, limits, observability, page, routes
 from app.docs_ui import add_docs
 from app.errors import BundleError
 from app.handlers import add_error_handlers
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, **access.cors_options(settings.cors_origins))
     app.add_middleware(observability.RequestLog, endpoints=[r.path for r in routes.api_routes()])
+    app.add_middleware(drain.CloseWhileDraining)  # outermost: every answer, refusals included
     return app
 
 

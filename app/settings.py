@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         500, gt=1, description="open connections (idle keep-alive ones included); beyond, 503 at once"
     )
+    # Kubernetes takes a stopping pod out of its Service's endpoints only after a while; meanwhile the
+    # replica must still accept connections (app/drain.py).
+    drain_delay_s: float = Field(
+        10.0,
+        ge=0,
+        description="after `renersans drain`, seconds of serving with /ready 503 before the shutdown",
+    )
     batch_size: int = Field(32, gt=0, description="sequences per encoder batch")
     # Cross-request batching (app/batching.py); off by default: on the CPU it measured slower (BENCHMARKS.md).
     batch_wait_ms: float = Field(

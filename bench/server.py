@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -72,6 +73,18 @@ class Server:
             self.process.kill()
             self.process.wait(timeout=10)
         return self.output()
+
+    def drain(self, *args: str) -> subprocess.Popen:
+        """`renersans drain` for this server (extra `args`, e.g. "--no-wait"), as a Kubernetes preStop hook
+        runs it beside the server; started, not awaited. Its output goes to a pipe: it prints one line."""
+        port = str(urlsplit(self.url).port)
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "drain", "--port", port, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def _poll_ready(
         self, timeout: float, done: Callable[[httpx.Response], bool], what: str

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from app import observability
+from app import drain, observability
 
 VERSION = "0.1.0"
 router = APIRouter()
@@ -20,10 +20,12 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """The bundle is loaded, warmed up, and on the execution provider configured."""
+    """The bundle is loaded, warmed up, and on the execution provider configured, and the server is not
+    draining (`renersans drain`: it still serves, but is leaving)."""
     state = request.app.state
-    ok = state.extractor is not None and not state.not_ready
-    body = {"ready": ok, "reason": state.not_ready or None}
+    reason = "draining: this replica is stopping" if drain.STATE.draining else state.not_ready
+    ok = state.extractor is not None and not reason
+    body = {"ready": ok, "reason": reason or None}
     if state.extractor is not None:
         body["model"] = state.extractor.info()
     return JSONResponse(body, status_code=200 if ok else 503)
