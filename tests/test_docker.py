@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from bench.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "renersans:cpu"  # what `docker compose --profile cpu build` tags
@@ -83,12 +84,6 @@ def compose(*args: str, timeout: float = 120, check: bool = True, **env: str) ->
     return docker(
         "compose", "-p", PROJECT, "--profile", "cpu", *args, timeout=timeout, check=check, **{**clean, **env}
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, name: str, timeout: float = READY_TIMEOUT_S) -> httpx.Response:
