@@ -20,6 +20,8 @@ NUMBERS = {
     "o_bias": (-math.inf, math.inf),
     "none_weight": (0.0, math.inf),
     "min_entity_prob": (0.0, 1.0),
+    "entity_score_temperature": (0.01, 100.0),
+    "relation_score_temperature": (0.01, 100.0),
 }
 FLAGS = ("join_negations",)
 
@@ -38,6 +40,9 @@ DEFAULTS: Mapping[int, Mapping[str, Any]] = MappingProxyType(
                 "none_weight": 0.8,
                 "min_entity_prob": 0.0,
                 "join_negations": True,
+                # Scores untempered: what version 1 reported (they came later, with these settings).
+                "entity_score_temperature": 1.0,
+                "relation_score_temperature": 1.0,
             }
         ),
     }
@@ -74,6 +79,10 @@ class Decoding:
     # A decoded entity that is a bare negation particle ("не") joins the word after it, as the annotators'
     # guidelines have it (`app.text.tags.attach_negations`); it raised NER F1 on dev.
     join_negations: bool = _NOW["join_negations"]
+    # The scores reported, not the decisions: each score p becomes sigmoid(logit(p) / T), fitted on the dev
+    # split so that scores match the share of right answers (`python -m training.scripts.calibration`).
+    entity_score_temperature: float = _NOW["entity_score_temperature"]
+    relation_score_temperature: float = _NOW["relation_score_temperature"]
 
     def __post_init__(self) -> None:
         for key, choices in CHOICES.items():

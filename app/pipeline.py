@@ -8,6 +8,7 @@ sessions through it, so dev figures and served output come from one implementati
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -124,6 +125,14 @@ def span_prob(span: WordSpan, tags: Sequence[str], probs: np.ndarray, labels: Se
     return float(np.mean([probs[k, index[tags[k]]] for k in range(span.first, span.last + 1)]))
 
 
+def tempered(score: float | None, temperature: float) -> float | None:
+    """`score` with its log-odds divided by `temperature` (1: the score as it is)."""
+    if score is None or temperature == 1.0:
+        return score
+    p = min(max(score, 1e-7), 1 - 1e-7)
+    return float(1 / (1 + math.exp(-math.log(p / (1 - p)) / temperature)))
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
@@ -194,7 +203,8 @@ class Pipeline:
                 found = [e for e in found if span_prob(e, tags, probs, labels) >= decoding.min_entity_prob]
             if decoding.join_negations:
                 found = attach_negations(found, words)
-            spans.append([replace(e, score=span_score(e, probs, labels)) for e in found])
+            t = decoding.entity_score_temperature
+            spans.append([replace(e, score=tempered(span_score(e, probs, labels), t)) for e in found])
         return spans
 
     def relations(
@@ -240,13 +250,27 @@ class Pipeline:
                     # A partner outside the context window is read only from its own copy.
                     if j != k and 0 <= index[span.first] - lo < len(probs):
                         readings[si][(k, j)] = probs[index[span.first] - lo]
-            return [
+            decided = [
                 pair_relations(
                     r, labels, self.decoding.none_weight, [s.type for s in spans[si]], self.signatures
                 )
                 for si, r in enumerate(readings)
             ]
-        found: list[list[WordRelation]] = [[] for _ in sentence_words]
+        else:
+            decided = self._either(owners, logits, labels, spans, len(sentence_words))
+        temperature = self.decoding.relation_score_temperature
+        return [[replace(r, score=tempered(r.score, temperature)) for r in rels] for rels in decided]
+
+    @staticmethod
+    def _either(
+        owners: Sequence[tuple[int, int, int, list[int]]],
+        logits: Sequence[np.ndarray],
+        labels: Sequence[str],
+        spans: Sequence[Sequence[WordSpan]],
+        sentences: int,
+    ) -> list[list[WordRelation]]:
+        """Every relation either copy of a pair reads ("either" decoding), merged."""
+        found: list[list[WordRelation]] = [[] for _ in range(sentences)]
         for (si, k, lo, index), lg in zip(owners, logits, strict=True):
             pred = lg.argmax(-1)
             sure = _softmax(lg).max(-1)
