@@ -143,7 +143,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result[name] = phase
             print(name, phase)
         result["ideal_seconds"] = round(ideal, 2)
-        result["server_log_tail"] = server.output()[-2000:]
     return result
 
 
