@@ -31,6 +31,7 @@ import yaml
 
 from app import cli
 from app.bundle import CPU, CUDA
+from app.cli.serve import serve as serve_command_function
 from app.settings import Settings
 from bench.server import free_port
 
@@ -367,7 +368,7 @@ def test_cmd_is_the_cli_serve_command(kind: str, pyproject: dict[str, Any]) -> N
     command = serve_command(kind)
     assert command[0] == "renersans" and pyproject["project"]["scripts"]["renersans"] == "app.cli:main"
     args = cli.build_parser().parse_args(command[1:])
-    assert args.func is cli._serve
+    assert args.func is serve_command_function
     assert args.host == "0.0.0.0"
     exposed = {int(p.split("/")[0]) for i in final(kind).all("EXPOSE") for p in i.args.split()}
     assert exposed == {args.port}

@@ -190,8 +190,11 @@ def test_pipeline_output_indexes_any_text(
 def test_service_answers_index_any_text(server: str, tiny_checkpoints: tuple[Path, Path, Path]) -> None:
     """The same through HTTP and JSON (non-BMP characters, escapes, CRLF), in JSON and in brat."""
     found = {"entities": 0}
+    # As above: the whole tiny corpus always among the examples, so that some predictions are checked.
+    corpus_text = "".join(d.text for d in read_corpus(tiny_checkpoints[0]))
 
     @settings(max_examples=30, deadline=None, database=None)
+    @example(corpus_text)
     @given(with_corpus(tiny_checkpoints))
     def any_text(text: str) -> None:
         r = httpx.post(f"{server}/extract", json={"text": text}, timeout=60)

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from serving import wait_for, zip_of
 from app import access, errors, limits
 from app.service import Extractor
 from app.settings import Settings
+from app.text.brat import format_ann
 from app.uploads import annotate_zip
 
 KEY = "s3cret-ключ"  # non-ASCII on purpose: clients send it as UTF-8
@@ -29,6 +31,14 @@ KEY = "s3cret-ключ"  # non-ASCII on purpose: clients send it as UTF-8
 @pytest.fixture(scope="module")
 def extractor(tiny_bundle: Path) -> Extractor:
     return Extractor(Settings(_env_file=None, bundle=tiny_bundle))
+
+
+def annotated_as_brat(extractor: Extractor) -> Callable[[str], str]:
+    def annotate(text: str) -> str:
+        doc = extractor.extract(text).document
+        return format_ann(doc.entities, doc.relations)
+
+    return annotate
 
 
 def test_damaged_zips_are_refused_never_crash(extractor: Extractor) -> None:
@@ -44,7 +54,7 @@ def test_damaged_zips_are_refused_never_crash(extractor: Extractor) -> None:
         for at, value in edits:
             data[at] = value
         try:
-            archive = annotate_zip(bytes(data), 1_000_000, lambda text: extractor.extract(text).document)
+            archive = annotate_zip(bytes(data), 1_000_000, annotated_as_brat(extractor))
         except errors.InputError as exc:
             assert str(exc)
             outcomes["refused"] += 1
