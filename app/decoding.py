@@ -21,9 +21,17 @@ NUMBERS = {
     "none_weight": (0.0, math.inf),
     "min_entity_prob": (0.0, 1.0),
     "entity_score_temperature": (0.01, 100.0),
+    "entity_score_shift": (-10.0, 10.0),
     "relation_score_temperature": (0.01, 100.0),
+    "relation_score_shift": (-10.0, 10.0),
 }
 FLAGS = ("join_negations",)
+SCORE_ONLY = (
+    "entity_score_temperature",
+    "entity_score_shift",
+    "relation_score_temperature",
+    "relation_score_shift",
+)
 
 # The defaults of each decoding version, frozen: a bundle's decoding is read with the row of the version it
 # was written with. Changing a default means adding a row and bumping DECODING_VERSION, never editing a row.
@@ -42,7 +50,9 @@ DEFAULTS: Mapping[int, Mapping[str, Any]] = MappingProxyType(
                 "join_negations": True,
                 # Scores untempered: what version 1 reported (they came later, with these settings).
                 "entity_score_temperature": 1.0,
+                "entity_score_shift": 0.0,
                 "relation_score_temperature": 1.0,
+                "relation_score_shift": 0.0,
             }
         ),
     }
@@ -79,10 +89,12 @@ class Decoding:
     # A decoded entity that is a bare negation particle ("не") joins the word after it, as the annotators'
     # guidelines have it (`app.text.tags.attach_negations`); it raised NER F1 on dev.
     join_negations: bool = _NOW["join_negations"]
-    # The scores reported, not the decisions: each score p becomes sigmoid(logit(p) / T), fitted on the dev
-    # split so that scores match the share of right answers (`python -m training.scripts.calibration`).
+    # The scores reported, not the decisions: each score p becomes sigmoid(logit(p) / T + shift), fitted on
+    # the dev split so that scores match the share of right answers (training/scripts/calibration.py).
     entity_score_temperature: float = _NOW["entity_score_temperature"]
+    entity_score_shift: float = _NOW["entity_score_shift"]
     relation_score_temperature: float = _NOW["relation_score_temperature"]
+    relation_score_shift: float = _NOW["relation_score_shift"]
 
     def __post_init__(self) -> None:
         for key, choices in CHOICES.items():
@@ -120,6 +132,11 @@ class Decoding:
     def stored(self) -> dict[str, Any]:
         """The manifest's entry: every setting, and the version whose defaults they were filled from."""
         return {"version": DECODING_VERSION, **self.settings()}
+
+    def decisions(self) -> dict[str, Any]:
+        """The settings that decide what is found: all but the score temperatures, which change only the
+        scores reported, so that dev F1 measured with one decoding holds for the other."""
+        return {k: v for k, v in self.settings().items() if k not in SCORE_ONLY}
 
     def settings(self) -> dict[str, Any]:
         """Every setting by name (what the service reports and `renersans bundle decoding` prints)."""

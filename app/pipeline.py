@@ -125,12 +125,12 @@ def span_prob(span: WordSpan, tags: Sequence[str], probs: np.ndarray, labels: Se
     return float(np.mean([probs[k, index[tags[k]]] for k in range(span.first, span.last + 1)]))
 
 
-def tempered(score: float | None, temperature: float) -> float | None:
-    """`score` with its log-odds divided by `temperature` (1: the score as it is)."""
-    if score is None or temperature == 1.0:
+def calibrated(score: float | None, temperature: float, shift: float) -> float | None:
+    """`score` with its log-odds divided by `temperature`, then moved by `shift` (1 and 0: as it is)."""
+    if score is None or (temperature == 1.0 and shift == 0.0):
         return score
     p = min(max(score, 1e-7), 1 - 1e-7)
-    return float(1 / (1 + math.exp(-math.log(p / (1 - p)) / temperature)))
+    return float(1 / (1 + math.exp(-(math.log(p / (1 - p)) / temperature + shift))))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -203,8 +203,8 @@ class Pipeline:
                 found = [e for e in found if span_prob(e, tags, probs, labels) >= decoding.min_entity_prob]
             if decoding.join_negations:
                 found = attach_negations(found, words)
-            t = decoding.entity_score_temperature
-            spans.append([replace(e, score=tempered(span_score(e, probs, labels), t)) for e in found])
+            t, b = decoding.entity_score_temperature, decoding.entity_score_shift
+            spans.append([replace(e, score=calibrated(span_score(e, probs, labels), t, b)) for e in found])
         return spans
 
     def relations(
@@ -258,8 +258,8 @@ class Pipeline:
             ]
         else:
             decided = self._either(owners, logits, labels, spans, len(sentence_words))
-        temperature = self.decoding.relation_score_temperature
-        return [[replace(r, score=tempered(r.score, temperature)) for r in rels] for rels in decided]
+        t, b = self.decoding.relation_score_temperature, self.decoding.relation_score_shift
+        return [[replace(r, score=calibrated(r.score, t, b)) for r in rels] for rels in decided]
 
     @staticmethod
     def _either(

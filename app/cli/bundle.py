@@ -215,7 +215,7 @@ def decoding(args: argparse.Namespace) -> int:
         write_manifest(args.dir, manifest)
     print(json.dumps(manifest.decoding.settings(), indent=2))
     measured = manifest.dev_metrics.decoding if manifest.dev_metrics else None
-    if measured is not None and measured != manifest.decoding:
+    if measured is not None and measured.decisions() != manifest.decoding.decisions():
         print(
             f"note: the dev figures in {args.dir}/manifest.json were measured with another decoding "
             f"({json.dumps(measured.settings())}); `renersans bundle measure {args.dir} --record` "
