@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.pipeline import span_prob
+from app.decoding import Decoding
+from app.pipeline import calibrated, span_prob
 from app.text.tags import (
     BIO_LABELS,
     RELATION_LABELS,
@@ -224,3 +225,13 @@ def test_a_bare_negation_joins_the_word_after_it(
     spans: list[WordSpan], words: list[str], joined: list[WordSpan]
 ) -> None:
     assert attach_negations(spans, words) == joined
+
+
+def test_a_score_map_keeps_the_order_of_scores_and_no_decision() -> None:
+    scores = [0.01, 0.2, 0.5, 0.7, 0.99]
+    assert [calibrated(p, 1.0, 0.0) for p in scores] == scores and calibrated(None, 2.0, 1.0) is None
+    mapped = [calibrated(p, 1.04, -0.55) for p in scores]
+    assert mapped == sorted(mapped) and all(0 < m < p for m, p in zip(mapped, scores, strict=True))
+    # Score maps are not decisions: the dev figures measured without one hold with it.
+    decoding = Decoding(entity_score_temperature=1.04, entity_score_shift=-0.55)
+    assert decoding.decisions() == Decoding().decisions() and decoding != Decoding()
