@@ -45,9 +45,10 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
 
 @needs_default
 def test_written_decoding_is_complete_and_versioned(tmp_path: Path) -> None:
-    write_manifest(tmp_path, read_manifest(DEFAULT))
+    manifest = read_manifest(DEFAULT)
+    write_manifest(tmp_path, manifest)
     stored = json.loads((tmp_path / MANIFEST).read_text())["decoding"]
-    assert stored == {"version": DECODING_VERSION, **Decoding().settings()}
+    assert stored == {"version": DECODING_VERSION, **manifest.decoding.settings()}
     assert set(stored) - {"version"} == set(DEFAULTS[DECODING_VERSION])
 
 
