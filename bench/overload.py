@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,18 @@ def texts_of(corpus: Path, chars: int, count: int) -> list[str]:
     return list(islice(cycle(cut), count))
 
 
+async def drain_with(clients: int, pending: Iterator[str], send: Callable[[str], Awaitable[None]]) -> float:
+    """Seconds for `clients` concurrent clients to send every text of `pending`, each the next one free."""
+
+    async def one_client() -> None:
+        for text in pending:
+            await send(text)
+
+    started = time.monotonic()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return time.monotonic() - started
+
+
 async def steady(url: str, texts: list[str], clients: int) -> dict[str, Any]:
     """Throughput with `clients` clients sending `texts` back to back (no more than the slots: no 503)."""
     pending = iter(texts)
@@ -50,13 +63,10 @@ async def steady(url: str, texts: list[str], clients: int) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
 
-        async def one_client() -> None:
-            for text in pending:
-                statuses[str((await client.post("/extract", json={"text": text})).status_code)] += 1
+        async def send(text: str) -> None:
+            statuses[str((await client.post("/extract", json={"text": text})).status_code)] += 1
 
-        started = time.monotonic()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        wall = time.monotonic() - started
+        wall = await drain_with(clients, pending, send)
     return {
         "clients": clients,
         "requests": len(texts),
@@ -102,13 +112,7 @@ async def overload(
                 await asyncio.sleep(wait if fixed_wait_s is None else fixed_wait_s)
             attempts.append(attempt)
 
-        async def one_client() -> None:
-            for text in pending:
-                await send(text)
-
-        started = time.monotonic()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        wall = time.monotonic() - started
+        wall = await drain_with(clients, pending, send)
     return {
         "clients": clients,
         "requests": len(texts),

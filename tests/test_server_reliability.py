@@ -20,6 +20,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -550,17 +551,25 @@ def slow_extract(url: str, seconds: float) -> httpx.Response:
     return httpx.post(f"{url}/extract", json={"text": "Рост доходов"}, headers=headers, timeout=60)
 
 
+@contextmanager
+def slot_and_queue_taken(url: str, hold_s: float) -> Iterator[None]:
+    """The one model slot busy for `hold_s` seconds and the one queue place taken (`limited`); both of
+    those requests are answered 200 in the end."""
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(slow_extract, url, hold_s)
+        wait_for(lambda: metric(url, "renersans_in_flight") == 1, what="the first request to run")
+        queued = pool.submit(slow_extract, url, 0)
+        wait_for(lambda: metric(url, "renersans_queued") == 1, what="the second request to queue")
+        yield
+        assert running.result().status_code == 200 and queued.result().status_code == 200
+
+
 def test_concurrency_limit_queues_then_refuses(limited: str) -> None:
-    with ThreadPoolExecutor(3) as pool:
-        running = pool.submit(slow_extract, limited, 1.5)
-        wait_for(lambda: metric(limited, "renersans_in_flight") == 1, what="the first request to run")
-        queued = pool.submit(slow_extract, limited, 0)
-        wait_for(lambda: metric(limited, "renersans_queued") == 1, what="the second request to queue")
+    with slot_and_queue_taken(limited, 1.5):
         started = time.monotonic()
         refused = slow_extract(limited, 0)
         assert time.monotonic() - started < 1, "refused at once, not after waiting"
         assert httpx.get(f"{limited}/health", timeout=2).status_code == 200
-        assert running.result().status_code == 200 and queued.result().status_code == 200
     assert refused.status_code == 503 and refused.json()["error"] == "Overloaded"
     # Whole seconds, estimated from the queue (tests/test_reliability.py checks the estimate), at most the
     # request timeout (3 s here).
@@ -888,11 +897,7 @@ def test_every_model_endpoint_is_behind_the_limits(limited: str) -> None:
     answered at once: only requests that passed every check wait for the models."""
     known = {"/extract", "/extract/brat", "/relations", "/relations/brat", "/brat/tagger"}
     assert set(MODEL_REQUESTS) >= known, "every endpoint that runs the models documents an example"
-    with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(slow_extract, limited, 2)
-        wait_for(lambda: metric(limited, "renersans_in_flight") == 1, what="the first request to run")
-        queued = pool.submit(slow_extract, limited, 0)
-        wait_for(lambda: metric(limited, "renersans_queued") == 1, what="the second request to queue")
+    with slot_and_queue_taken(limited, 2):
         started = time.monotonic()
         for path, kwargs in MODEL_REQUESTS.items():
             r = httpx.post(f"{limited}{path}", timeout=10, **kwargs)
@@ -914,4 +919,3 @@ def test_every_model_endpoint_is_behind_the_limits(limited: str) -> None:
         parsed = httpx.post(f"{limited}/brat/parse", files={"txt": ("d.txt", b"x")}, timeout=10)
         assert parsed.status_code == 200
         assert time.monotonic() - started < 1.5, "none of these waited for the models"
-        assert running.result().status_code == 200 and queued.result().status_code == 200
