@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.selection import Selection
+from app.text.brat import Entity, Relation
 
 EXAMPLE_TEXT = "Рост доходов населения в 2019 году обеспечен за счёт повышения заработной платы."
 
@@ -43,6 +44,10 @@ class EntityOut(BaseModel):
         "(B-TYPE on its first word, I-TYPE on the others); null where no model scored it",
     )
 
+    @classmethod
+    def of(cls, e: Entity) -> EntityOut:
+        return cls(id=e.id, type=e.type, start=e.start, end=e.end, text=e.text, score=e.score)
+
 
 class RelationOut(BaseModel):
     id: str = Field(examples=["R1"])
@@ -56,6 +61,10 @@ class RelationOut(BaseModel):
         description="the probability of the pair decision that made the relation (both entities' marked "
         "copies averaged); null where no model scored it",
     )
+
+    @classmethod
+    def of(cls, r: Relation) -> RelationOut:
+        return cls(id=r.id, type=r.type, arg1=r.arg1, arg2=r.arg2, score=r.score)
 
 
 class ModelInfo(BaseModel):

@@ -7,22 +7,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
-from app.errors import BadEncoding, InputError
+from app.errors import InputError
+from app.text.brat import decode_text
 
 # A zip may expand to at most this many times the request limit, and hold at most this many files.
 ZIP_EXPANSION = 20
 ZIP_MAX_FILES = 1000
-
-
-def decode_upload(data: bytes, filename: str) -> str:
-    """UTF-8 text as sent (a BOM is kept as a character, so offsets match the file)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadEncoding(
-            f"{filename}: not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 4]!r}); "
-            "convert it, e.g. `iconv -f cp1251 -t utf-8`"
-        ) from None
 
 
 def safe_stem(stem: str) -> str:
@@ -48,7 +38,7 @@ def annotate_zip(data: bytes, max_bytes: int, annotate: Callable[[str], str]) ->
                 raise InputError(f"{m.filename}: cannot be decompressed ({exc})") from None
             if len(raw) != m.file_size:
                 raise InputError(f"{m.filename}: its size does not match the archive's record")
-            result.writestr(str(path.with_suffix(".ann")), annotate(decode_upload(raw, m.filename)))
+            result.writestr(str(path.with_suffix(".ann")), annotate(decode_text(raw, m.filename)))
     return out.getvalue()
 
 

@@ -9,8 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import Engine, run
 from app.schemas import BratDocument, BratEntity, ErrorResponse, RelationOut
-from app.text.brat import parse_ann
-from app.uploads import decode_upload
+from app.text.brat import decode_text, parse_ann
 
 router = APIRouter()
 
@@ -28,7 +27,7 @@ async def brat_tagger(request: Request, ex: Engine):
     """brat's automatic annotation protocol: the document as the body, `{id: {type, offsets, texts}}`
     back (entities only: brat's protocol carries no relations)."""
     raw = await request.body()
-    text = decode_upload(raw, "request body")
+    text = decode_text(raw, "request body")
     result = await run_in_threadpool(
         lambda: run(request, "brat_tagger", lambda: ex.extract(text, relations=False))
     )
@@ -45,9 +44,9 @@ def brat_parse(
 ) -> BratDocument:
     """A brat pair read and checked (offsets, texts, relation arguments) by the service's own reader,
     as JSON; no model runs. The page at `/` shows existing annotations with it."""
-    text = decode_upload(txt.file.read(), txt.filename or "document.txt")
+    text = decode_text(txt.file.read(), txt.filename or "document.txt")
     ann_name = (ann.filename if ann else None) or "document.ann"
-    content = decode_upload(ann.file.read(), ann_name) if ann else ""
+    content = decode_text(ann.file.read(), ann_name) if ann else ""
     doc = parse_ann(content, text, source=ann_name)
     return BratDocument(
         text=text,
@@ -62,6 +61,6 @@ def brat_parse(
             )
             for e in doc.entities
         ],
-        relations=[RelationOut(id=r.id, type=r.type, arg1=r.arg1, arg2=r.arg2) for r in doc.relations],
+        relations=[RelationOut.of(r) for r in doc.relations],
         warnings=dict(doc.warnings),
     )

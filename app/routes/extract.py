@@ -23,8 +23,8 @@ from app.schemas import (
 )
 from app.selection import Selection, select
 from app.service import Extractor, Result
-from app.text.brat import Document, format_ann, score_notes
-from app.uploads import ZIP_EXPANSION, annotate_zip, decode_upload, safe_stem
+from app.text.brat import Document, decode_text, format_ann, score_notes
+from app.uploads import ZIP_EXPANSION, annotate_zip, safe_stem
 
 log = logging.getLogger("app")
 router = APIRouter()
@@ -125,7 +125,7 @@ def extract_brat(
         )
     if not name.lower().endswith(".txt"):
         raise UnsupportedMediaType(f"{name}: upload a brat .txt file or a .zip of .txt files")
-    ann = annotate(decode_upload(data, name))
+    ann = annotate(decode_text(data, name))
     stem = PurePosixPath(name).stem or "document"
     return Response(
         ann,
@@ -137,13 +137,8 @@ def extract_brat(
 def extract_response(ex: Extractor, result: Result) -> ExtractResponse:
     doc = result.document
     return ExtractResponse(
-        entities=[
-            EntityOut(id=e.id, type=e.type, start=e.start, end=e.end, text=e.text, score=e.score)
-            for e in doc.entities
-        ],
-        relations=[
-            RelationOut(id=r.id, type=r.type, arg1=r.arg1, arg2=r.arg2, score=r.score) for r in doc.relations
-        ],
+        entities=[EntityOut.of(e) for e in doc.entities],
+        relations=[RelationOut.of(r) for r in doc.relations],
         model=ModelInfo(**ex.info()),
         timings_ms=result.timings_ms,
     )

@@ -10,8 +10,7 @@ from fastapi.responses import PlainTextResponse
 from app.deps import Engine, JsonBody, run
 from app.schemas import ModelInfo, RelationOut, RelationsRequest, RelationsResponse
 from app.service import validate_entities
-from app.text.brat import Entity, format_ann, parse_ann
-from app.uploads import decode_upload
+from app.text.brat import Entity, decode_text, format_ann, parse_ann
 
 router = APIRouter()
 
@@ -23,9 +22,7 @@ def relations(body: RelationsRequest, ex: Engine, _json: JsonBody, request: Requ
     validate_entities(body.text, entities)  # before waiting for a model slot
     result = run(request, "relations", lambda: ex.relations_for(body.text, entities))
     return RelationsResponse(
-        relations=[
-            RelationOut(id=r.id, type=r.type, arg1=r.arg1, arg2=r.arg2) for r in result.document.relations
-        ],
+        relations=[RelationOut.of(r) for r in result.document.relations],
         model=ModelInfo(**ex.info()),
         timings_ms=result.timings_ms,
     )
@@ -42,9 +39,9 @@ def relations_brat(
     ],
 ):
     """Track 2 for brat files: the `.ann` back with the relations between its entities added."""
-    text = decode_upload(txt.file.read(), txt.filename or "document.txt")
+    text = decode_text(txt.file.read(), txt.filename or "document.txt")
     ann_name = ann.filename or "document.ann"
-    given = parse_ann(decode_upload(ann.file.read(), ann_name), text, source=ann_name)
+    given = parse_ann(decode_text(ann.file.read(), ann_name), text, source=ann_name)
     validate_entities(text, given.entities)  # before waiting for a model slot
     result = run(request, "relations", lambda: ex.relations_for(text, given.entities))
     return PlainTextResponse(format_ann(given.entities, result.document.relations))
