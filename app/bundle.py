@@ -23,11 +23,11 @@ from app.errors import BundleError
 from app.manifest import MANIFEST, Derivation, Manifest, ModelInfo, Variant, read_manifest, sha256
 from app.pipeline import Tagger, TaggerSpec
 from app.text.subwords import WordPieces
-from app.text.tags import BIO_LABELS, RELATION_LABELS
+from app.text.tags import BIO_LABELS, ENTITY_TYPES, RELATION_LABELS
 
 log = logging.getLogger(__name__)
 
-EXPECTED_LABELS = {"entity": BIO_LABELS, "relation": RELATION_LABELS}
+EXPECTED_LABELS = {"entity": BIO_LABELS, "relation": RELATION_LABELS, "gate": ENTITY_TYPES}
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -42,6 +42,12 @@ def check_bundle(root: Path, load_sessions: bool = True) -> list[str]:
     problems = []
     if "ner" not in manifest.models:
         problems.append(f"{root / MANIFEST}: no 'ner' model")
+    elif manifest.decoding.copy_gate > 0 and "gate" not in manifest.models["ner"].outputs:
+        problems.append(
+            f"{root / MANIFEST}: the decoding gates relation copies (copy_gate "
+            f"{manifest.decoding.copy_gate:g}) but the entity model has no gate head; set copy_gate to 0 "
+            "(`renersans bundle decoding`) or attach a gate (training/scripts/gate.py)"
+        )
     for name, model in manifest.models.items():
         where = f"{root / MANIFEST} models.{name}"
         for head, labels in model.labels.items():
@@ -82,7 +88,7 @@ def _file_problems(
     if not load_session:
         return []
     try:
-        session = _session(path, [CPU])
+        session = make_session(path, [CPU])
     except Exception as exc:
         return [f"{path}: ONNX Runtime cannot load it ({str(exc)[:200]})"]
     outputs = {o.name: o for o in session.get_outputs()}
@@ -129,12 +135,18 @@ def variant_file(
     return cached_variant(Path(root), model, variant, info, cache_dir or default_cache_dir())
 
 
-def _session(path: Path, providers: list[str], threads: int = 0):
+def make_session(path: Path, providers: list[str], threads: int = 0, cpu_arena: bool = True):
+    """An ONNX Runtime session of the file at `path` on `providers` (`threads` intra-op threads, 0: one per
+    core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    # The CPU arena keeps the largest working set that concurrent runs ever needed, for the life of the
+    # process. Without it each run's buffers go back to malloc, which under concurrent runs kept more than
+    # the arena does (glibc: BENCHMARKS.md, "Memory"), so it stays on by default.
+    options.enable_cpu_mem_arena = cpu_arena
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
@@ -177,16 +189,18 @@ def onnx_tagger(
     threads: int = 0,
     io_binding: bool | None = None,
     cache_dir: Path | None = None,
+    cpu_arena: bool = True,
 ) -> Tagger:
     """A pipeline tagger running one ONNX file; input and output names come from the session itself.
 
     A derived variant is first made, or taken from `cache_dir` (app/derive.py). `io_binding` (default: on
     CUDA) binds inputs and outputs to the device explicitly, one copy each way per call, instead of letting
-    `run` stage them through its own allocations."""
+    `run` stage them through its own allocations. `cpu_arena`: ONNX Runtime's CPU memory arena (see
+    `make_session`)."""
     info = manifest.models[model]
     path = variant_file(root, manifest, model, choice.variant, cache_dir)
     try:
-        session = _session(path, choice.providers, threads)
+        session = make_session(path, choice.providers, threads, cpu_arena)
     except Exception as exc:  # onnxruntime raises its own exception types, not subclasses of OSError
         raise BundleError(
             f"{path}: ONNX Runtime cannot load it ({str(exc)[:300]}); restore it or re-export the bundle"

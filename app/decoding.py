@@ -24,7 +24,9 @@ NUMBERS = {
     "entity_score_shift": (-10.0, 10.0),
     "relation_score_temperature": (0.01, 100.0),
     "relation_score_shift": (-10.0, 10.0),
+    "copy_gate": (0.0, 1.0),
 }
+WHOLE = {"copy_context": (0, 100_000)}
 FLAGS = ("join_negations",)
 SCORE_ONLY = (
     "entity_score_temperature",
@@ -53,6 +55,9 @@ DEFAULTS: Mapping[int, Mapping[str, Any]] = MappingProxyType(
                 "entity_score_shift": 0.0,
                 "relation_score_temperature": 1.0,
                 "relation_score_shift": 0.0,
+                # Every entity's copy runs (the paper's way): gates came later.
+                "copy_gate": 0.0,
+                "copy_context": 0,
             }
         ),
     }
@@ -95,6 +100,14 @@ class Decoding:
     entity_score_shift: float = _NOW["entity_score_shift"]
     relation_score_temperature: float = _NOW["relation_score_temperature"]
     relation_score_shift: float = _NOW["relation_score_shift"]
+    # An entity's relation copy runs only where the entity model's gate head gives it at least this
+    # probability of taking part in a relation (`app.text.tags.relation_gate`); 0 runs every copy, the
+    # paper's way. A bundle sets it with its gate (training/scripts/gate.py), chosen on dev to keep 99 % of
+    # the dev relations within reach of a copy.
+    copy_gate: float = _NOW["copy_gate"]
+    # The pieces of a relation copy around its marked entity (0: as many as the relation model takes). A
+    # partner outside a copy's window is read from its own copy only.
+    copy_context: int = _NOW["copy_context"]
 
     def __post_init__(self) -> None:
         for key, choices in CHOICES.items():
@@ -106,6 +119,11 @@ class Decoding:
             if not number or not math.isfinite(value) or not low <= value <= high:
                 raise ValueError(f"decoding {key} is {value!r}; it takes a number from {low} to {high}")
             object.__setattr__(self, key, float(value))  # 1 and 1.0 are one setting, written as 1.0
+        for key, (low, high) in WHOLE.items():
+            value = getattr(self, key)
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole or not low <= value <= high:
+                raise ValueError(f"decoding {key} is {value!r}; it takes a whole number from {low} to {high}")
         for key in FLAGS:
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"decoding {key} is {getattr(self, key)!r}; it takes true or false")

@@ -30,12 +30,20 @@ from app.text.tags import (
     decode_relations,
     merge_relations,
     pair_relations,
+    relation_gate,
     span_score,
     viterbi_bio,
 )
 
 # (ids [batch, pieces], attention mask [batch, pieces]) -> {head name: logits [batch, pieces, labels]}
 Runner = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+# Padded pieces in one encoder run. A run's activations grow with it, and ONNX Runtime's arena keeps the
+# largest set that concurrent runs ever needed: on a CPU, 1024 held a served bundle to 447 MB under the soak
+# (8192: 567 MB) at the same speed, since a few rows compute as fast per piece as many (BENCHMARKS.md,
+# "Memory"). A GPU wants large batches: 8192 there.
+CPU_RUN_PIECES = 1024
+GPU_RUN_PIECES = 8192
 
 
 @dataclass(frozen=True)
@@ -102,10 +110,23 @@ def run_batched(
 ) -> list[np.ndarray]:
     """Logits of `head` at each word's first piece, one array [words, labels] per input, batched by length.
     For a batch-dependent tagger, `sentences` (each input's sentence) keeps each sentence's inputs apart."""
+    return run_heads(tagger, inputs, (head,), batch_size, max_tokens, max_padding, sentences)[head]
+
+
+def run_heads(
+    tagger: Tagger,
+    inputs: Sequence[Pieces],
+    heads: Sequence[str],
+    batch_size: int = 32,
+    max_tokens: int = 8192,
+    max_padding: float = 0.1,
+    sentences: Sequence[int] | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """`run_batched` for several heads of one model run: per head, one array [words, labels] per input."""
     sizes = [len(p.ids) for p in inputs]
     keys = sentences if tagger.batch_dependent else None
     order = sorted(range(len(inputs)), key=lambda i: (keys[i] if keys else 0, sizes[i]))
-    out: list[np.ndarray] = [np.empty(0)] * len(inputs)
+    out: dict[str, list[np.ndarray]] = {head: [np.empty(0)] * len(inputs) for head in heads}
     for group in _batches(order, sizes, batch_size, max_tokens, max_padding, keys):
         width = max(sizes[i] for i in group)
         ids = np.full((len(group), width), tagger.spec.pad_id, dtype=np.int64)
@@ -113,9 +134,10 @@ def run_batched(
         for row, i in enumerate(group):
             ids[row, : sizes[i]] = inputs[i].ids
             mask[row, : sizes[i]] = 1
-        logits = tagger.run(ids, mask)[head]
-        for row, i in enumerate(group):
-            out[i] = logits[row, inputs[i].first]
+        logits = tagger.run(ids, mask)
+        for head in heads:
+            for row, i in enumerate(group):
+                out[head][i] = logits[head][row, inputs[i].first]
     return out
 
 
@@ -143,6 +165,8 @@ class Pipeline:
     ner: Tagger | None = None
     re: Tagger | None = None
     batch_size: int = 32
+    # Padded pieces in one encoder run (see CPU_RUN_PIECES); a single row longer than it runs alone.
+    max_tokens: int = CPU_RUN_PIECES
     # Padding allowed in a batch, as a fraction of its real pieces (see `_batches`).
     max_padding: float = 0.1
     # Pieces of context shared by consecutive windows of a sentence too long for the model.
@@ -166,30 +190,12 @@ class Pipeline:
         each word takes its label from the window where it has the most context on both sides."""
         if self.ner is None:
             raise ValueError("this pipeline has no entity model; use relations_for() with given entities")
-        tagger = self.ner
-        budget = tagger.spec.max_pieces - tagger.pieces.special
-        inputs: list[Pieces] = []
-        owners: list[tuple[int, int, int]] = []  # (sentence, window start, window end)
-        for si, words in enumerate(sentence_words):
-            lengths = tagger.pieces.lengths(words)
-            for a, b in windows(lengths, budget, min(self.overlap, budget // 4)):
-                inputs.append(tagger.pieces.encode(words[a:b], tagger.spec.max_pieces))
-                owners.append((si, a, b))
-        # Not kept apart by sentence even for a batch-dependent (int8) entity model, which runs only when
-        # forced: a sentence is one row, and one row a call made this stage 1.27x slower on a 2-core CPU.
-        logits = run_batched(tagger, inputs, "entity", self.batch_size, max_padding=self.max_padding)
-        labels = tagger.spec.labels["entity"]
-        margins = [np.full(len(words), -1) for words in sentence_words]
-        scores = [np.zeros((len(words), len(labels)), dtype=np.float32) for words in sentence_words]
-        for (si, a, b), lg in zip(owners, logits, strict=True):
-            for k in range(a, b):
-                margin = min(k - a, b - 1 - k)
-                if margin > margins[si][k]:
-                    margins[si][k] = margin
-                    scores[si][k] = lg[k - a]
+        heads = ("entity", "gate") if self.gated else ("entity",)
+        per_word = self._per_word(sentence_words, heads)
+        labels = self.ner.spec.labels["entity"]
         spans = []
         decoding = self.decoding
-        for words, sc in zip(sentence_words, scores, strict=True):
+        for si, (words, sc) in enumerate(zip(sentence_words, per_word["entity"], strict=True)):
             probs = _softmax(sc)
             logprobs = np.log(probs)
             if decoding.o_bias:
@@ -204,8 +210,53 @@ class Pipeline:
             if decoding.join_negations:
                 found = attach_negations(found, words)
             t, b = decoding.entity_score_temperature, decoding.entity_score_shift
-            spans.append([replace(e, score=calibrated(span_score(e, probs, labels), t, b)) for e in found])
+            found = [replace(e, score=calibrated(span_score(e, probs, labels), t, b)) for e in found]
+            spans.append(self._gate(found, per_word["gate"][si]) if self.gated else found)
         return spans
+
+    @property
+    def gated(self) -> bool:
+        """Whether relation copies are gated: the decoding sets a `copy_gate` and the entity model has the
+        gate head that scores each entity's chance of taking part in a relation (`relation_gate`)."""
+        return self.decoding.copy_gate > 0 and self.ner is not None and "gate" in self.ner.spec.labels
+
+    def _gate(self, spans: Sequence[WordSpan], logits: np.ndarray) -> list[WordSpan]:
+        types = self.ner.spec.labels["gate"]
+        return [replace(e, relates=relation_gate(e, logits, types)) for e in spans]
+
+    def _per_word(
+        self, sentence_words: Sequence[Sequence[str]], heads: Sequence[str]
+    ) -> dict[str, list[np.ndarray]]:
+        """The entity model's `heads` per word of each sentence, all sentences in one batched pass. Sentences
+        longer than the model are cut into overlapping windows; each word takes its outputs from the window
+        where it has the most context on both sides."""
+        tagger = self.ner
+        budget = tagger.spec.max_pieces - tagger.pieces.special
+        inputs: list[Pieces] = []
+        owners: list[tuple[int, int, int]] = []  # (sentence, window start, window end)
+        for si, words in enumerate(sentence_words):
+            lengths = tagger.pieces.lengths(words)
+            for a, b in windows(lengths, budget, min(self.overlap, budget // 4)):
+                inputs.append(tagger.pieces.encode(words[a:b], tagger.spec.max_pieces))
+                owners.append((si, a, b))
+        # Not kept apart by sentence even for a batch-dependent (int8) entity model, which runs only when
+        # forced: a sentence is one row, and one row a call made this stage 1.27x slower on a 2-core CPU.
+        outputs = run_heads(tagger, inputs, heads, self.batch_size, self.max_tokens, self.max_padding)
+        margins = [np.full(len(words), -1) for words in sentence_words]
+        per_word = {
+            head: [
+                np.zeros((len(words), len(tagger.spec.labels[head])), np.float32) for words in sentence_words
+            ]
+            for head in heads
+        }
+        for n, (si, a, b) in enumerate(owners):
+            for k in range(a, b):
+                margin = min(k - a, b - 1 - k)
+                if margin > margins[si][k]:
+                    margins[si][k] = margin
+                    for head in heads:
+                        per_word[head][si][k] = outputs[head][n][k - a]
+        return per_word
 
     def relations(
         self, text: str, sentences: Sequence[Sentence], spans: Sequence[Sequence[WordSpan]]
@@ -221,13 +272,16 @@ class Pipeline:
         if self.re is None:
             return [[] for _ in sentence_words]
         tagger = self.re
-        budget = tagger.spec.max_pieces - tagger.pieces.special
+        context = min(self.decoding.copy_context or tagger.spec.max_pieces, tagger.spec.max_pieces)
+        budget = context - tagger.pieces.special
         inputs: list[Pieces] = []
         owners: list[tuple[int, int, int, list[int]]] = []  # (sentence, marked span, window start, index)
         for si, words in enumerate(sentence_words):
             if len(spans[si]) < 2:
                 continue  # a lone entity has no partner: its copy could only read "no relation"
             for k, span in enumerate(spans[si]):
+                if span.relates is not None and span.relates < self.decoding.copy_gate:
+                    continue  # the gate: this entity probably has no partner; a partner's copy still reads it
                 marked, index = mark(words, span, tagger.spec.typed_markers)
                 lengths = tagger.pieces.lengths(marked)
                 lo, hi = context_window(lengths, index[span.first] - 1, index[span.last] + 1, budget)
@@ -238,7 +292,8 @@ class Pipeline:
             inputs,
             "relation",
             self.batch_size,
-            max_padding=self.max_padding,
+            self.max_tokens,
+            self.max_padding,
             sentences=[o[0] for o in owners],
         )
         labels = tagger.spec.labels["relation"]
@@ -327,14 +382,26 @@ class Pipeline:
     def relations_for(self, name: str, text: str, entities: Sequence[Entity]) -> Document:
         """Track 2: relations between given entities. Sentences are joined around given entities that
         razdel would split, and words cut at their boundaries, as for gold data."""
-        sentences = segment(
-            text,
-            keep_together=[(e.start, e.end) for e in entities],
-            cuts=[x for e in entities for x in (e.start, e.end)],
-        )
+        sentences = segment_around(text, entities)
         spans = _place(sentences, entities)
+        if self.gated:  # the entity model's pass, for its gate head, over the sentences with copies to run
+            words = _words(text, sentences)
+            multi = [si for si, found in enumerate(spans) if len(found) >= 2]
+            gates = self._per_word([words[si] for si in multi], ("gate",))["gate"]
+            for si, logits in zip(multi, gates, strict=True):
+                spans[si] = self._gate(spans[si], logits)
         rels = self.relations(text, sentences, spans)
         return decode_document(name, text, sentences, spans, rels)
+
+
+def segment_around(text: str, entities: Sequence[Entity]) -> list[Sentence]:
+    """Sentences of `text` as the relation stage reads given entities: joined where razdel would split an
+    entity, words cut at entity boundaries."""
+    return segment(
+        text,
+        keep_together=[(e.start, e.end) for e in entities],
+        cuts=[x for e in entities for x in (e.start, e.end)],
+    )
 
 
 def _words(text: str, sentences: Sequence[Sentence]) -> list[list[str]]:

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.batching import BatchingRunner
-from app.bundle import CUDA, bundle_size, check_bundle, choose, onnx_tagger
+from app.bundle import CUDA, Choice, bundle_size, check_bundle, choose, onnx_tagger
 from app.errors import BundleError, InvalidEntities
 from app.manifest import read_manifest
-from app.pipeline import Pipeline, Tagger
+from app.pipeline import CPU_RUN_PIECES, GPU_RUN_PIECES, Pipeline, Tagger
 from app.settings import Settings
 from app.text.brat import Document, Entity, Relation
 from app.text.tags import ENTITY_TYPES
@@ -45,23 +45,19 @@ class Extractor:
         self.choices = {
             name: choose(self.manifest, name, settings.variant, settings.device) for name in models
         }
-        taggers = {
-            name: onnx_tagger(
-                root, self.manifest, name, choice, settings.threads, cache_dir=settings.cache_dir
-            )
-            for name, choice in self.choices.items()
-        }
+        taggers = {name: self._tagger(root, name, choice, settings) for name, choice in self.choices.items()}
         taggers = {name: self._after_cuda(root, name, t, settings) for name, t in taggers.items()}
         self.batchers: list[BatchingRunner] = []
         if settings.batch_wait_ms > 0:
             taggers = {name: self._batched(name, t, settings) for name, t in taggers.items()}
+        self.providers = {name: t.providers for name, t in taggers.items()}
         self.pipeline = Pipeline(
             ner=taggers["ner"],
             re=taggers.get("re"),
             batch_size=settings.batch_size,
+            max_tokens=settings.max_run_pieces or (GPU_RUN_PIECES if self.on_cuda else CPU_RUN_PIECES),
             decoding=self.manifest.decoding,
         )
-        self.providers = {name: t.providers for name, t in taggers.items()}
         for name, choice in self.choices.items():
             log.info(
                 "model %s: variant %s (%s) on %s",
@@ -73,6 +69,17 @@ class Extractor:
         self.load_seconds = time.perf_counter() - started
         self.bundle = root
         self.warmup_seconds = 0.0
+
+    def _tagger(self, root: Path, name: str, choice: Choice, settings: Settings) -> Tagger:
+        return onnx_tagger(
+            root,
+            self.manifest,
+            name,
+            choice,
+            settings.threads,
+            cache_dir=settings.cache_dir,
+            cpu_arena=settings.cpu_arena,
+        )
 
     def _after_cuda(self, root: Path, name: str, tagger: Tagger, settings: Settings) -> Tagger:
         """The tagger, or, where CUDA was chosen but did not start (no GPU passed through, a driver too old),
@@ -87,9 +94,7 @@ class Extractor:
             self.choices[name] = cpu
             return tagger
         try:
-            fallback = onnx_tagger(
-                root, self.manifest, name, cpu, settings.threads, cache_dir=settings.cache_dir
-            )
+            fallback = self._tagger(root, name, cpu, settings)
         except BundleError as exc:  # e.g. no writable cache for a derived int8: the CUDA variant still serves
             log.warning(
                 "model %s: keeping %s on the CPU, its %s cannot be loaded: %s",

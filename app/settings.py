@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         description="after `renersans drain`, seconds of serving with /ready 503 before the shutdown",
     )
     batch_size: int = Field(32, gt=0, description="sequences per encoder batch")
+    max_run_pieces: int = Field(
+        0,
+        ge=0,
+        description="padded pieces per encoder run, bounding its memory (0: 1024 on a CPU, 8192 on CUDA)",
+    )
+    cpu_arena: bool = Field(
+        True, description="ONNX Runtime's CPU memory arena (off: each run's buffers are freed after it)"
+    )
     # Cross-request batching (app/batching.py); off by default: on the CPU it measured slower (BENCHMARKS.md).
     batch_wait_ms: float = Field(
         0.0, ge=0, description="merge concurrent requests' encoder rows, waiting up to this long (0: off)"

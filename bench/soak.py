@@ -414,7 +414,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-tolerance", type=float, default=0.05, help="allowed RSS growth (fraction)")
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--name", default="soak", help="bench/results/NAME.json")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting for the server, e.g. cpu_arena=false (RENERSANS_CPU_ARENA); repeatable",
+    )
     args = parser.parse_args(argv)
+    if any("=" not in s for s in args.setting):
+        parser.error("--setting takes NAME=VALUE, e.g. cpu_arena=false")
+    settings = {f"RENERSANS_{k.strip().upper()}": v for k, _, v in (s.partition("=") for s in args.setting)}
     if not 0 < args.minutes + args.warmup_minutes <= 10:
         parser.error("--minutes and --warmup-minutes: at most 10 in all (a soak here is bounded)")
 
@@ -430,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     longest = sorted(texts, key=lambda t: len(t[0]))[-20:]
     warm = {**good_requests(longest), **{n: m for n, m in mix.items() if n in bad}}
 
-    env = {"RENERSANS_MAX_REQUEST_BYTES": str(LIMIT), "RENERSANS_DEVICE": "cpu"}
+    env = {"RENERSANS_MAX_REQUEST_BYTES": str(LIMIT), "RENERSANS_DEVICE": "cpu", **settings}
     with serve(args.bundle, ready_s=180, **env) as server:
         url, pid = server.url, server.process.pid
         machine = describe()
@@ -494,6 +504,7 @@ def summarise(
         "machine": machine,
         "bundle": str(args.bundle),
         "clients": args.clients,
+        "settings": args.setting,
         "minutes": args.minutes,
         "warmup_minutes": args.warmup_minutes,
         "seconds": round(elapsed, 1),

@@ -146,3 +146,23 @@ def test_committed_plans_load_as_training_configs(plan: Path) -> None:
     for r in runs:
         config = TrainConfig.load(ROOT / r["config"], r.get("set", []))
         assert config.task == r["task"]
+
+
+def test_a_shallow_student_keeps_its_first_layers(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    import torch
+
+    from app.text.tags import RELATION_LABELS
+    from training.models import new_tagger, save_tagger
+
+    _, encoder = tiny
+    labels = {"relation": RELATION_LABELS}
+    full, _ = new_tagger(str(encoder), labels, 0.1, True)
+    student, tokenizer = new_tagger(str(encoder), labels, 0.1, True, layers=1)
+    assert len(full.encoder.encoder.layer) == 2 and len(student.encoder.encoder.layer) == 1
+    kept, first = student.encoder.encoder.layer[0].state_dict(), full.encoder.encoder.layer[0].state_dict()
+    assert all(torch.equal(kept[k], first[k]) for k in first)  # the pretrained first layer, as it was
+    save_tagger(student, tokenizer, tmp_path / "student", {"max_pieces": 64})
+    reloaded, _, _ = load_tagger(tmp_path / "student")
+    assert len(reloaded.encoder.encoder.layer) == 1
+    with pytest.raises(ValueError, match="cannot keep 3 encoder layers"):
+        new_tagger(str(encoder), labels, 0.1, True, layers=3)

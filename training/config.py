@@ -32,6 +32,9 @@ class TrainConfig:
     head_lr: float = 0.0
     weight_decay: float = 0.1
     dropout: float = 0.2
+    # Keep only the encoder's first k layers (0: all): a shallower, cheaper student of the same encoder, for
+    # the relation stage's FLOPs (issue #24; plan in training/configs/sweep-gpu-student.toml).
+    encoder_layers: int = 0
     warmup: float = 0.1
     max_pieces: int = 256
     patience: int = 2  # epochs without a better dev F1 before stopping

@@ -50,11 +50,23 @@ def load_tokenizer(source: str, typed_markers: bool | None):
 
 
 def new_tagger(
-    encoder_source: str, labels: dict[str, tuple[str, ...]], dropout: float, typed_markers: bool | None
+    encoder_source: str,
+    labels: dict[str, tuple[str, ...]],
+    dropout: float,
+    typed_markers: bool | None,
+    layers: int = 0,
 ) -> tuple[SequenceTagger, object]:
-    """A tagger on a pretrained encoder (any Hugging Face name or local directory)."""
+    """A tagger on a pretrained encoder (any Hugging Face name or local directory), on its first `layers`
+    transformer layers only where `layers` > 0."""
     tokenizer = load_tokenizer(encoder_source, typed_markers)
     encoder = _encoder(encoder_source)
+    if layers:
+        stack = getattr(getattr(encoder, "encoder", None), "layer", None)
+        if stack is None or not 0 < layers <= len(stack):
+            have = len(stack) if stack is not None else "no BERT-style layer stack"
+            raise ValueError(f"{encoder_source}: cannot keep {layers} encoder layers (it has {have})")
+        encoder.encoder.layer = stack[:layers]
+        encoder.config.num_hidden_layers = layers
     size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)
     if size > encoder.get_input_embeddings().num_embeddings:
         encoder.resize_token_embeddings(size)

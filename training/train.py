@@ -150,7 +150,7 @@ def train(config: TrainConfig) -> dict:
         model.dropout.p = config.dropout
         model.train()
     else:
-        model, tokenizer = new_tagger(config.encoder, labels, config.dropout, markers)
+        model, tokenizer = new_tagger(config.encoder, labels, config.dropout, markers, config.encoder_layers)
         model.to(device).train()
     pieces = WordPieces(tokenizer.backend_tokenizer)
     if config.task == "ner":

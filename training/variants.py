@@ -26,14 +26,20 @@ def variant_of(manifest: Manifest, spec: str) -> dict[str, str]:
     return dict.fromkeys(manifest.models, spec)
 
 
-def pipeline_for(bundle: Path, manifest: Manifest, variant: str, threads: int = 0) -> Pipeline:
-    """The pipeline of `variant` (as `variant_of` takes it) on the CPU, decoding as the bundle does."""
+def pipeline_for(
+    bundle: Path, manifest: Manifest, variant: str, threads: int = 0, run_pieces: int = 0
+) -> Pipeline:
+    """The pipeline of `variant` (as `variant_of` takes it) on the CPU, decoding as the bundle does, with
+    `run_pieces` padded pieces per encoder run (0: the CPU service's bound)."""
     picked = variant_of(manifest, variant)
     taggers = {
         name: onnx_tagger(bundle, manifest, name, Choice(picked[name], [CPU], "measured"), threads)
         for name in manifest.models
     }
-    return Pipeline(ner=taggers["ner"], re=taggers.get("re"), decoding=manifest.decoding)
+    pipe = Pipeline(ner=taggers["ner"], re=taggers.get("re"), decoding=manifest.decoding)
+    if run_pieces:
+        pipe.max_tokens = run_pieces
+    return pipe
 
 
 def dev_scores(pipe: Pipeline, gold: Sequence[Document], label: str) -> dict[str, float]:
@@ -66,14 +72,24 @@ def speed(pipes: dict[str, Pipeline], docs: Sequence[Document], rounds: int = 3)
     return {v: statistics.median(t) for v, t in times.items()}
 
 
-def measure(bundle: Path, corpus: Path, variants: Sequence[str] | None = None, speed_docs: int = 3) -> dict:
+def measure(
+    bundle: Path,
+    corpus: Path,
+    variants: Sequence[str] | None = None,
+    speed_docs: int = 3,
+    run_pieces: int = 0,
+) -> dict:
     manifest = read_manifest(bundle)
     gold, _ = manifest.dev_split(read_corpus(corpus))
     if not gold:
         raise SystemExit(f"none of the bundle's dev documents are under {corpus}")
     variants = list(variants or manifest.models["ner"].variants)
-    pipes = {v: pipeline_for(bundle, manifest, v) for v in variants}
-    result: dict = {"dev_documents": len(gold), "variants": {}}
+    pipes = {v: pipeline_for(bundle, manifest, v, run_pieces=run_pieces) for v in variants}
+    result: dict = {
+        "dev_documents": len(gold),
+        "max_run_pieces": next(iter(pipes.values())).max_tokens,
+        "variants": {},
+    }
     for v in variants:
         # A derived variant's bytes are those of its file in the cache, which the bundle does not hold.
         picked = variant_of(manifest, v)

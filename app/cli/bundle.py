@@ -93,6 +93,12 @@ def _add_measure(actions: Commands) -> None:
     )
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--record", action="store_true", help="store the figures in the manifest and model card")
+    p.add_argument(
+        "--max-run-pieces",
+        type=int,
+        default=0,
+        help="padded pieces per encoder run (default: the CPU service's; int8 answers move with batching)",
+    )
 
 
 def _add_decoding(actions: Commands) -> None:
@@ -107,7 +113,8 @@ def _add_decoding(actions: Commands) -> None:
         action="append",
         metavar="NAME=VALUE",
         help="bio (viterbi, argmax), pairs (pair, either), o_bias, none_weight, min_entity_prob, "
-        "join_negations (true, false); repeatable. Choose them on dev: training/scripts/decoding_ablation.py",
+        "join_negations (true, false), copy_gate (0: every relation copy runs, the paper's way); repeatable. "
+        "Choose them on dev: training/scripts/decoding_ablation.py",
     )
 
 
@@ -183,7 +190,7 @@ def torch(args: argparse.Namespace) -> int:
 def measure(args: argparse.Namespace) -> int:
     from training.variants import measure, table
 
-    result = measure(args.dir, args.corpus, names(args.variants))
+    result = measure(args.dir, args.corpus, names(args.variants), run_pieces=args.max_run_pieces)
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

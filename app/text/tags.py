@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +34,9 @@ class WordSpan:
     last: int
     # The model's confidence (`span_score`), where a model found it; not part of the span's identity.
     score: float | None = field(default=None, compare=False)
+    # The copy gate's probability that the span takes part in a relation (`relation_gate`), where the
+    # entity model has a gate head; its relation copy is skipped below the decoding's `copy_gate`.
+    relates: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,14 @@ def span_score(span: WordSpan, probs: np.ndarray, labels: Sequence[str]) -> floa
     inside = index[f"I-{span.type}"]
     picks = [index[f"B-{span.type}"], *([inside] * (span.last - span.first))]
     return float(np.mean(probs[np.arange(span.first, span.last + 1), picks]))
+
+
+def relation_gate(span: WordSpan, logits: np.ndarray, types: Sequence[str]) -> float:
+    """The probability that `span` takes part in a relation, from the gate head's per-word logits [words,
+    types]: a linear model of the span's mean hidden state with one weight vector per entity type, so the
+    mean of its words' logits for the span's type is the span's logit."""
+    z = float(np.mean(logits[span.first : span.last + 1, types.index(span.type)]))
+    return 1 / (1 + math.exp(-z)) if z > -700 else 0.0
 
 
 # Particles the annotators put inside the entity they qualify: the guidelines' own example is
