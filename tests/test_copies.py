@@ -142,3 +142,14 @@ def test_no_encoder_run_exceeds_its_pieces(gated: Gated) -> None:
     assert max(rows for rows, _ in calls) > 1  # rows were still batched together
     # fp32 answers do not depend on the batch: the bound changes how the work is cut, not what is found.
     assert bounded == [pipeline(gated.plain).extract(d.name, d.text) for d in gated.documents]
+
+
+def test_a_new_gate_replaces_the_old_one(gated: Gated, tmp_path: Path) -> None:
+    bundle = tmp_path / "regated"
+    shutil.copytree(gated.bundle, bundle)
+    width = gated.gate.weight.shape[1]
+    flat = Gate(np.zeros((8, width)), np.full(8, 2.0), 0.0)
+    write_manifest(bundle, with_gate(read_manifest(bundle), bundle, flat, 0.5))
+    assert check_bundle(bundle) == []
+    logits = pipeline(bundle)._per_word([gated.documents[0].text.split()[:20]], ("gate",))["gate"][0]
+    np.testing.assert_allclose(logits, 2.0, atol=1e-5)  # the new gate's alone: no old head stacked on it

@@ -222,6 +222,7 @@ def attach(path: Path, out: Path, info: ModelInfo, gate: Gate) -> None:
     """Write the entity model at `path` to `out` with the gate as a second head: `gate_logits` [batch,
     pieces, types], in the graph's own precision like the entity head, cast to fp32 at the end."""
     model = onnx.load(str(path))
+    _drop_gate(model)  # a bundle's gate is replaced, never stacked
     states, _, dtype = _entity_head(model, info.outputs["entity"])
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
     w = numpy_helper.from_array(gate.weight.T.astype(np_dtype), "gate.weight")
@@ -238,6 +239,16 @@ def attach(path: Path, out: Path, info: ModelInfo, gate: Gate) -> None:
     model.graph.output.append(helper.make_tensor_value_info(GATE_OUTPUT, TensorProto.FLOAT, shape))
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
+
+
+def _drop_gate(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    nodes = [n for n in graph.node if not n.name.startswith("/gate/")]
+    inits = [i for i in graph.initializer if not i.name.startswith("gate.")]
+    outputs = [o for o in graph.output if o.name != GATE_OUTPUT]
+    for field, kept in ((graph.node, nodes), (graph.initializer, inits), (graph.output, outputs)):
+        del field[:]
+        field.extend(kept)
 
 
 def with_gate(manifest: Manifest, bundle: Path, gate: Gate, bar: float) -> Manifest:
