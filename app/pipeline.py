@@ -384,13 +384,13 @@ class Pipeline:
         razdel would split, and words cut at their boundaries, as for gold data."""
         sentences = segment_around(text, entities)
         spans = _place(sentences, entities)
+        words = _words(text, sentences)
         if self.gated:  # the entity model's pass, for its gate head, over the sentences with copies to run
-            words = _words(text, sentences)
             multi = [si for si, found in enumerate(spans) if len(found) >= 2]
             gates = self._per_word([words[si] for si in multi], ("gate",))["gate"]
             for si, logits in zip(multi, gates, strict=True):
                 spans[si] = self._gate(spans[si], logits)
-        rels = self.relations(text, sentences, spans)
+        rels = self.tag_relations(words, spans)
         return decode_document(name, text, sentences, spans, rels)
 
 

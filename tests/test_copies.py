@@ -39,7 +39,7 @@ def gated(
     found = examples(hidden_tagger(tiny_bundle, manifest.models["ner"], "fp32"), documents)
     assert found.related.any() and not found.related.all(), "the slice has entities with and without partners"
     gate = fit(found, l2=1e-2)
-    bar = float(np.median(1 / (1 + np.exp(-gate.logits(found.states, found.types)))))
+    bar = float(np.median(gate.probabilities(found)))
     out = tmp_path_factory.mktemp("gated") / "bundle"
     shutil.copytree(tiny_bundle, out)
     write_manifest(out, with_gate(manifest, out, gate, bar))

@@ -158,6 +158,10 @@ class Gate:
     def logits(self, states: np.ndarray, types: np.ndarray) -> np.ndarray:
         return (states * self.weight[types]).sum(-1) + self.bias[types]
 
+    def probabilities(self, examples: Examples) -> np.ndarray:
+        """Each example's probability of taking part in a relation."""
+        return 1 / (1 + np.exp(-self.logits(examples.states, examples.types)))
+
 
 def fit(train: Examples, l2: float, seed: int = 13) -> Gate:
     """Logistic regression per type on standardised states, L2 weight `l2`, by L-BFGS."""
@@ -187,19 +191,21 @@ def fit(train: Examples, l2: float, seed: int = 13) -> Gate:
     return Gate(weight.numpy(), bias.numpy(), l2)
 
 
+def _best_copies(gate: Gate, dev: Examples, relations: Sequence[tuple[str, str, str]]) -> np.ndarray:
+    """Per relation (document, arg1, arg2), the higher gate probability of its two arguments' copies."""
+    score = dict(zip(dev.ids, gate.probabilities(dev), strict=True))
+    return np.array([max(score.get((d, a), 1.0), score.get((d, b), 1.0)) for d, a, b in relations])
+
+
 def reach(gate: Gate, dev: Examples, relations: Sequence[tuple[str, str, str]], bar: float) -> float:
     """The share of `relations` (document, arg1, arg2) with at least one argument's copy run at `bar`."""
-    p = 1 / (1 + np.exp(-gate.logits(dev.states, dev.types)))
-    score = dict(zip(dev.ids, p, strict=True))
-    kept = [max(score.get((d, a), 1.0), score.get((d, b), 1.0)) >= bar for d, a, b in relations]
-    return float(np.mean(kept)) if kept else 1.0
+    best = _best_copies(gate, dev, relations)
+    return float(np.mean(best >= bar)) if len(best) else 1.0
 
 
 def choose_bar(gate: Gate, dev: Examples, relations: Sequence[tuple[str, str, str]], recall: float) -> float:
     """The highest bar (a probability) that keeps `recall` of the dev relations within reach of a copy."""
-    p = 1 / (1 + np.exp(-gate.logits(dev.states, dev.types)))
-    score = dict(zip(dev.ids, p, strict=True))
-    best = np.sort([max(score.get((d, a), 1.0), score.get((d, b), 1.0)) for d, a, b in relations])
+    best = np.sort(_best_copies(gate, dev, relations))
     if not len(best):
         return 0.0
     # Keeping every pair whose better copy scores at least the k-th lowest keeps len - k of them.

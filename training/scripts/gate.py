@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for l2 in (float(x) for x in args.l2.split(",")):
         gate = fit(train, l2)
         bar = choose_bar(gate, dev, relations, args.recall)
-        p = 1 / (1 + np.exp(-gate.logits(dev.states, dev.types)))
+        p = gate.probabilities(dev)
         row = {
             "l2": l2,
             "bar": bar,
