@@ -27,6 +27,14 @@ class Selection(BaseModel):
         None, description=f"keep only these relation types (of {', '.join(RELATION_TYPES)}); none: all"
     )
 
+    @field_validator("min_entity_score", "min_relation_score", mode="before")
+    @classmethod
+    def _not_a_flag(cls, value: object) -> object:
+        # JSON's true and false would pass as 1 and 0 (pydantic's lax numbers): a bar must be a number.
+        if isinstance(value, bool):
+            raise ValueError("send a number from 0 to 1, not true or false")
+        return value
+
     @field_validator("entity_types")
     @classmethod
     def _known_entity_types(cls, value: list[str] | None) -> list[str] | None:

@@ -104,6 +104,16 @@ def test_an_unknown_type_is_a_422_naming_it(server: str, options: dict, named: s
     assert upload.status_code == 422 and named in upload.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/extract", "/extract/batch"])
+def test_a_score_bar_of_true_or_false_is_a_422(server: str, path: str) -> None:
+    # JSON's false would otherwise pass as the number 0 (found by the schema fuzzer on /extract/batch).
+    body = {"text": "Рост доходов"} if path == "/extract" else {"texts": ["Рост доходов"]}
+    r = httpx.post(f"{server}{path}", json={**body, "min_entity_score": False}, timeout=60)
+    assert r.status_code == 422 and "not true or false" in r.json()["detail"]
+    zero = httpx.post(f"{server}{path}", json={**body, "min_relation_score": 0}, timeout=60)
+    assert zero.status_code == 200
+
+
 def test_brat_answers_carry_scores_as_annotator_notes_on_request(server: str, texts: list[str]) -> None:
     body = extract(server, texts[0])
     plain = httpx.post(f"{server}/extract?format=brat", json={"text": texts[0]}, timeout=120).text
