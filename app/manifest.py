@@ -22,6 +22,7 @@ from typing import Any
 from app.decoding import Decoding, NewerDecoding
 from app.errors import BundleError
 from app.text.brat import Document
+from app.text.tags import Transitions
 
 FORMAT = "renersans-bundle"
 FORMAT_VERSION = 1
@@ -43,6 +44,7 @@ MODEL_KEYS = (
     "training",
     "dev_documents",
     "parity_max_abs_fp32",
+    "transitions",
 )
 VARIANT_KEYS = ("file", "precision", "providers", "bytes", "sha256", "derive")
 DERIVE_KEYS = ("from", "method", "alpha", "calibration", "calibration_sha256", "calibrated_on")
@@ -89,6 +91,7 @@ class ModelInfo:
     training: Mapping[str, Any] = field(default_factory=dict)  # the checkpoint's settings and provenance
     dev_documents: tuple[str, ...] = ()  # the documents held out of its training
     parity_max_abs_fp32: float | None = None
+    transitions: Transitions | None = None  # the entity head's CRF (app/text/tags.py), where it has one
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,18 @@ def _model(data: Mapping[str, Any]) -> ModelInfo:
         training=data.get("training") or {},
         dev_documents=tuple(data.get("dev_documents", ())),
         parity_max_abs_fp32=data.get("parity_max_abs_fp32"),
+        transitions=_transitions(data, "transitions"),
     )
+
+
+def _transitions(data: Mapping[str, Any], key: str) -> Transitions | None:
+    if data.get(key) is None:
+        return None
+    labels = data["labels"].get("entity", ())
+    try:
+        return Transitions.from_json(data[key], len(labels))
+    except ValueError as exc:
+        raise ValueError(f"{key} of the entity head: {exc}") from None
 
 
 def _variant(data: Mapping[str, Any]) -> Variant:
@@ -307,6 +321,8 @@ def _model_json(info: ModelInfo) -> dict[str, Any]:
         "training": _plain(info.training),
         "dev_documents": list(info.dev_documents),
         "parity_max_abs_fp32": info.parity_max_abs_fp32,
+        # Written only where there is a CRF: bundles without one stay readable by versions before it.
+        **({"transitions": info.transitions.as_json()} if info.transitions else {}),
     }
 
 

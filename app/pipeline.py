@@ -22,6 +22,7 @@ from app.text.segment import Sentence, segment
 from app.text.subwords import Pieces, WordPieces, context_window, mark, windows
 from app.text.tags import (
     Signature,
+    Transitions,
     WordRelation,
     WordSpan,
     align,
@@ -54,6 +55,7 @@ class TaggerSpec:
     max_pieces: int
     typed_markers: bool = False
     pad_id: int = 1
+    transitions: Transitions | None = None  # the entity head's CRF, where it was trained with one
 
 
 @dataclass
@@ -201,7 +203,7 @@ class Pipeline:
             if decoding.o_bias:
                 logprobs[:, labels.index("O")] += decoding.o_bias
             if decoding.bio == "viterbi":
-                tags = viterbi_bio(logprobs, labels)
+                tags = viterbi_bio(logprobs, labels, self.ner.spec.transitions)
             else:
                 tags = [labels[c] for c in logprobs.argmax(-1)]
             found = decode_bio(tags)

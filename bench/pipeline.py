@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from app.schemas import EntityOut, ExtractResponse, ModelInfo, RelationOut
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {SYSTEMS + ABLATIONS}")
     ap.add_argument("--out", default="")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="another bundle, run as ours runs it (system ours-before): a new bundle's cost against "
+        "today's, interleaved in one run",
+    )
     args = resolve_checkpoints(ap.parse_args(argv))
 
     machine = describe()
@@ -113,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     n_words = sum(words(d.text) for d in docs)
     names = args.systems.split(",")
     systems = {n: build(n, args.ner, args.re, args.bundle, args.variant, args.device) for n in names}
+    if args.before:
+        names.append("ours-before")
+        systems["ours-before"] = build("ours", args.ner, args.re, args.before, args.variant, args.device)
+        systems["ours-before"].name = "ours-before"
     print(
         f"{len(docs)} documents, {n_words} words; systems loaded: "
         + ", ".join(f"{n} {s.load_seconds:.1f} s" for n, s in systems.items())

@@ -18,6 +18,10 @@ class TrainConfig:
     task: str = "ner"  # "ner" or "re"
     corpus: str = "../shared/rurebus"
     encoder: str = "encoders/e5-small-ru"  # any Hugging Face encoder name or local directory
+    # Start from a trained tagger instead of a fresh head on `encoder`: a checkpoint directory (`runs/X/best`)
+    # or a model bundle, whose model of this task is rebuilt in torch (training/from_onnx.py). For further
+    # training of shipped weights (a longer schedule, another loss) and for students of a teacher.
+    init: str = ""
     output: str = "runs/ner"
     seed: int = 13
     # The dev split is text-wise and seeded separately, so runs with different seeds share one dev set.
@@ -35,6 +39,12 @@ class TrainConfig:
     # Keep only the encoder's first k layers (0: all): a shallower, cheaper student of the same encoder, for
     # the relation stage's FLOPs (issue #24; plan in training/configs/sweep-gpu-student.toml).
     encoder_layers: int = 0
+    # NER: train the entity head as a linear-chain CRF over word tags (training/crf.py) instead of each word
+    # alone; its transition scores join the service's Viterbi decoding (issue 23).
+    crf: bool = False
+    # The transitions' learning rate: they start at zero, and at the encoder's rate (Adam moves a weight
+    # about lr a step) would move by 0.01 in the 466 steps of an epoch.
+    crf_lr: float = 1e-2
     warmup: float = 0.1
     max_pieces: int = 256
     patience: int = 2  # epochs without a better dev F1 before stopping
@@ -70,6 +80,8 @@ class TrainConfig:
         config = cls(**values)
         if config.task not in ("ner", "re"):
             raise InputError(f"task must be 'ner' or 're', not {config.task!r}")
+        if config.crf and config.task != "ner":
+            raise InputError("crf = true is for the entity model (task = 'ner') only")
         return config
 
     def as_dict(self) -> dict[str, Any]:

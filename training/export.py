@@ -173,6 +173,7 @@ def export_model(
         training={k: meta.get(k) for k in ("config", "seed", "data_sha256", "versions", "hardware")},
         dev_documents=tuple(meta.get("dev_documents", ())),
         parity_max_abs_fp32=parity,
+        transitions=model.crf.transitions() if model.crf is not None else None,
     )
     for v, path in files.items():
         if v not in variants:

@@ -140,6 +140,7 @@ def _tagger(weights: TaggerWeights, info: ModelInfo):
     import torch
     from transformers import BertConfig, BertModel
 
+    from training.crf import BioCRF
     from training.models import SequenceTagger
 
     a = weights.arch
@@ -162,7 +163,8 @@ def _tagger(weights: TaggerWeights, info: ModelInfo):
         if w.shape[0] != len(labels[head]):
             raise BundleError(f"head {head!r}: {w.shape[0]} outputs in the graph, {len(labels[head])} labels")
     dropout = (info.training.get("config") or {}).get("dropout", 0.1)
-    tagger = SequenceTagger(encoder, labels, dropout)
+    crf = BioCRF(labels["entity"], info.transitions) if info.transitions else None
+    tagger = SequenceTagger(encoder, labels, dropout, crf)
     heads = {f"{h}.weight": torch.from_numpy(w) for h, (w, _) in weights.heads.items()}
     heads |= {f"{h}.bias": torch.from_numpy(b) for h, (_, b) in weights.heads.items()}
     tagger.heads.load_state_dict(heads, strict=True)

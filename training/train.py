@@ -21,6 +21,7 @@ import transformers
 from torch import nn
 from tqdm import tqdm
 
+from app.errors import InputError
 from app.metric import Report
 from app.pipeline import Pipeline
 from app.text.brat import read_corpus
@@ -28,9 +29,19 @@ from app.text.encode import encode_document
 from app.text.subwords import WordPieces
 from app.text.tags import BIO_LABELS, RELATION_LABELS
 from training.config import TrainConfig
+from training.crf import BioCRF
 from training.data import IGNORE, Example, corpus_hash, ner_examples, re_examples, split_documents
 from training.evaluate import evaluate_end_to_end, evaluate_ner, evaluate_relations_given_entities
-from training.models import SequenceTagger, load_tagger, new_tagger, save_tagger, torch_tagger
+from training.models import (
+    TAGGER_FILE,
+    SequenceTagger,
+    drop_fitted_heads,
+    keep_layers,
+    load_tagger,
+    new_tagger,
+    save_tagger,
+    torch_tagger,
+)
 
 STATE_FILE = "trainer_state.pt"
 
@@ -81,9 +92,15 @@ def loss_of(model: SequenceTagger, batch: dict[str, torch.Tensor], weights: dict
         per_piece = logits[head]
         index = batch["first"].unsqueeze(-1).expand(-1, -1, per_piece.size(-1))
         per_word = per_piece.gather(1, index)
-        total = total + weight * nn.functional.cross_entropy(
-            per_word.flatten(0, 1).float(), batch[f"labels.{head}"].flatten(), ignore_index=IGNORE
-        )
+        gold = batch[f"labels.{head}"]
+        if head == "entity" and model.crf is not None:
+            # Per word, as cross-entropy is, so that learning rates mean the same with and without it.
+            words = gold != IGNORE
+            loss = model.crf.nll(per_word, gold, words) / words.sum().clamp(min=1)
+        else:
+            flat = per_word.flatten(0, 1).float()
+            loss = nn.functional.cross_entropy(flat, gold.flatten(), ignore_index=IGNORE)
+        total = total + weight * loss
     return total
 
 
@@ -112,6 +129,38 @@ def end_to_end_report(config: TrainConfig, model: SequenceTagger, tokenizer, dev
     ner = torch_tagger(ner_model, ner_tok, ner_info["max_pieces"])
     re = torch_tagger(model.eval(), tokenizer, config.max_pieces, config.typed_markers)
     return evaluate_end_to_end(Pipeline(ner=ner, re=re), dev_gold)
+
+
+def init_tagger(config: TrainConfig, labels: dict[str, tuple[str, ...]], device: torch.device):
+    """The trained tagger `config.init` (a checkpoint directory, or a bundle's model of this task rebuilt in
+    torch), ready to train on: its heads must be this task's, its markers this run's."""
+    source = Path(config.init)
+    if (source / "manifest.json").is_file():
+        from training.from_onnx import cached_checkpoint
+
+        source = cached_checkpoint(source, config.task)
+    elif not (source / TAGGER_FILE).is_file():
+        raise InputError(
+            f"init = {config.init!r}: neither a tagger checkpoint (no {TAGGER_FILE}) nor a model bundle "
+            "(no manifest.json); give runs/NAME/best or a bundle such as models/default"
+        )
+    model, tokenizer, info = load_tagger(source, str(device))
+    for head in drop_fitted_heads(model):
+        print(f"init: dropping the {head!r} head (fit it again after training)")
+    if {k: tuple(v) for k, v in model.labels.items()} != labels:
+        have = sorted(model.labels)
+        raise InputError(f"init = {config.init!r}: its heads {have} are not a {config.task} model's")
+    if config.task == "re" and info.get("typed_markers") != config.typed_markers:
+        raise InputError(
+            f"init = {config.init!r} was trained with typed_markers = {info.get('typed_markers')}: "
+            "set typed_markers to match"
+        )
+    if config.encoder_layers:
+        keep_layers(model.encoder, config.encoder_layers, config.init)
+    if config.crf and model.crf is None:
+        model.crf = BioCRF(labels["entity"]).to(device)
+    model.dropout.p = config.dropout
+    return model.train(), tokenizer
 
 
 def tagger_device(model: nn.Module) -> torch.device:
@@ -149,8 +198,12 @@ def train(config: TrainConfig) -> dict:
         model, tokenizer, _ = load_tagger(last, str(device))
         model.dropout.p = config.dropout
         model.train()
+    elif config.init:
+        model, tokenizer = init_tagger(config, labels, device)
     else:
-        model, tokenizer = new_tagger(config.encoder, labels, config.dropout, markers, config.encoder_layers)
+        model, tokenizer = new_tagger(
+            config.encoder, labels, config.dropout, markers, config.encoder_layers, config.crf
+        )
         model.to(device).train()
     pieces = WordPieces(tokenizer.backend_tokenizer)
     if config.task == "ner":
@@ -173,7 +226,10 @@ def train(config: TrainConfig) -> dict:
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups = []
-    for part, lr in ((model.encoder, config.lr), (model.heads, config.head_lr or config.lr)):
+    parts = [(model.encoder, config.lr), (model.heads, config.head_lr or config.lr)]
+    if model.crf is not None:
+        parts.append((model.crf, config.crf_lr))
+    for part, lr in parts:
         named = list(part.named_parameters())
         decay = [p for n, p in named if not n.endswith(no_decay)]
         rest = [p for n, p in named if n.endswith(no_decay)]
@@ -200,6 +256,7 @@ def train(config: TrainConfig) -> dict:
         "typed_markers": config.typed_markers,
         "dropout": config.dropout,
         "encoder": config.encoder,
+        **({"init": config.init} if config.init else {}),
         "config": config.as_dict(),
         "seed": config.seed,
         "dev_documents": dev_names,

@@ -147,36 +147,89 @@ def attach_negations(spans: Sequence[WordSpan], words: Sequence[str]) -> list[Wo
     return out
 
 
-def viterbi_bio(logprobs: np.ndarray, labels: Sequence[str]) -> list[str]:
+@dataclass(frozen=True)
+class Transitions:
+    """A CRF's learned transition scores over the BIO labels, added to the Viterbi path's score: `start[j]`
+    for a sentence's first label, `pair[i][j]` for label j right after label i, `end[i]` for its last.
+    What BIO forbids (`I-X` after anything but `B-X`, `I-X`) stays forbidden whatever the score."""
+
+    start: tuple[float, ...]
+    pair: tuple[tuple[float, ...], ...]
+    end: tuple[float, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Sequence], size: int) -> Transitions:
+        """From `{"start": [..], "pair": [[..], ..], "end": [..]}`; ValueError unless every part fits
+        `size` labels."""
+        try:
+            out = cls(
+                tuple(map(float, data["start"])),
+                tuple(tuple(map(float, row)) for row in data["pair"]),
+                tuple(map(float, data["end"])),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"transitions need numeric start, pair and end ({e})") from None
+        rows = {len(out.start), len(out.end), len(out.pair), *(len(r) for r in out.pair)}
+        if rows != {size}:
+            raise ValueError(f"transitions must score {size} labels: start, end [{size}], pair [{size}²]")
+        return out
+
+    def as_json(self) -> dict[str, list]:
+        return {"start": list(self.start), "pair": [list(r) for r in self.pair], "end": list(self.end)}
+
+
+def viterbi_bio(
+    logprobs: np.ndarray, labels: Sequence[str], transitions: Transitions | None = None
+) -> list[str]:
     """The most probable well-formed BIO sequence for per-word label log-probabilities [words, labels]:
     `I-X` only right after `B-X` or `I-X`. Unlike argmax, a word whose best label would break an entity
-    takes the best label that keeps the sequence well formed, judged over the whole sentence."""
+    takes the best label that keeps the sequence well formed, judged over the whole sentence. With a CRF's
+    `transitions`, their scores join the path's (a per-word shift of the scores, such as log-softmax's,
+    changes no path: raw logits and log-probabilities decode alike)."""
     n, size = logprobs.shape
     if n == 0:
         return []
     inside, penalty = _bio_transitions(tuple(labels))
     score = np.where(inside, -np.inf, logprobs[0])
+    end = 0.0
+    if transitions is not None:
+        start, pair, end = _arrays(transitions)
+        penalty = penalty + pair
+        score = score + start
     back = np.zeros((n, size), dtype=np.int64)
     for k in range(1, n):
         total = score[:, None] + penalty
         back[k] = total.argmax(0)
         score = total.max(0) + logprobs[k]
+    score = score + end
     path = [int(score.argmax())]
     for k in range(n - 1, 0, -1):
         path.append(int(back[k, path[-1]]))
     return [labels[j] for j in reversed(path)]
 
 
-@functools.cache
-def _bio_transitions(labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Which labels are `I-` tags, and a transition penalty: 0 where label j may follow label i, -inf
-    where it may not (`I-X` only after `B-X` or `I-X`)."""
-    inside = np.array([lab.startswith("I-") for lab in labels])
+def bio_allowed(labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """What BIO allows: [i, j] where label j may follow label i (`I-X` only after `B-X` or `I-X`), and [j]
+    where label j may begin a sentence (not an `I-` tag)."""
     allowed = np.ones((len(labels), len(labels)), dtype=bool)
     for j, lab in enumerate(labels):
         if lab.startswith("I-"):
             allowed[:, j] = [prev in (f"B-{lab[2:]}", lab) for prev in labels]
-    return inside, np.where(allowed, 0.0, -np.inf)
+    return allowed, np.array([not lab.startswith("I-") for lab in labels])
+
+
+@functools.lru_cache(maxsize=8)
+def _arrays(transitions: Transitions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Once per model, not per sentence: the scores are tuples so that Transitions stays frozen and hashable.
+    return tuple(np.asarray(x) for x in (transitions.start, transitions.pair, transitions.end))
+
+
+@functools.cache
+def _bio_transitions(labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Which labels are `I-` tags, and a transition penalty: 0 where label j may follow label i, -inf
+    where it may not."""
+    allowed, first = bio_allowed(labels)
+    return ~first, np.where(allowed, 0.0, -np.inf)
 
 
 def encode_relations(
