@@ -29,6 +29,7 @@ def test_the_average_is_the_weighted_mean_of_every_weight(
         if v.is_floating_point():
             torch.testing.assert_close(v, 0.75 * sa[k] + 0.25 * sb[k])
     assert [s["weight"] for s in info["averaged"]] == [3.0, 1.0]
+    assert "seed 13" in info["averaged"][0]["about"]  # each member's run, as the model card names it
     assert info["max_pieces"] == meta["max_pieces"]
 
 

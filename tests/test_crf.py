@@ -212,3 +212,6 @@ def test_a_crf_entity_model_joins_a_bundle_and_averages_with_a_plain_one(
     np.testing.assert_allclose(
         np.asarray(mean.crf.transitions().pair), np.asarray(crf.crf.transitions().pair) / 2, rtol=1e-6
     )
+    # The bundle names an average's members (the model card lists them).
+    averaged = read_manifest(export(tmp_path / "mean", corpus, tmp_path / "mean-bundle")).models["ner"]
+    assert [m["weight"] for m in averaged.training["averaged"]] == [1.0, 1.0]

@@ -59,9 +59,25 @@ def average_checkpoints(paths: Sequence[Path], out: Path, weights: Sequence[floa
     scale = sum(weights)
     first.load_state_dict({k: (v / scale).to(first.state_dict()[k].dtype) for k, v in total.items()})
     meta = {k: v for k, v in meta.items() if k not in ("labels", "transitions")}
-    meta["averaged"] = [{"checkpoint": str(p), "weight": w} for p, w in zip(paths, weights, strict=True)]
+    meta["averaged"] = [
+        {"checkpoint": str(p), "weight": w, "about": about(info)}
+        for p, w, (_, _, info) in zip(paths, weights, models, strict=True)
+    ]
     save_tagger(first, tokenizer, Path(out), meta)
     return Path(out)
+
+
+def about(info: dict) -> str:
+    """One line on where a checkpoint's weights came from: its run's settings, or the bundle it was
+    rebuilt from."""
+    imported = info.get("imported_from")
+    if imported:
+        bundle = Path(imported["bundle"]).name
+        return f"{imported['model']} of {bundle} ({imported['variant']}, sha256 {imported['sha256'][:12]})"
+    config = info.get("config") or {}
+    keys = ("init", "crf", "lr", "epochs", "seed", "output")
+    settings = ", ".join(f"{k} {config[k]}" for k in keys if config.get(k) not in (None, "", False))
+    return settings or "a checkpoint"
 
 
 def main(argv: list[str] | None = None) -> int:

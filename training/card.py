@@ -98,6 +98,9 @@ def card(manifest: Manifest, measured: dict, size: int) -> str:
         )
         settings = ", ".join(f"{k} {config[k]}" for k in keys if k in config)
         lines.append(f"- `{name}`: {settings}; hardware: {model.training.get('hardware')}.")
+        for source in model.training.get("averaged") or ():
+            # An average's settings above are its first member's; each member is named here.
+            lines.append(f"  - averaged with weight {source['weight']}: {source['about']}")
     lines += [
         "",
         "Reproduce: see training/RESULTS.md (`renersans train`, `renersans export`, `renersans bundle measure`).",

@@ -170,7 +170,10 @@ def export_model(
             if v in variants
         },
         encoder=meta.get("encoder"),
-        training={k: meta.get(k) for k in ("config", "seed", "data_sha256", "versions", "hardware")},
+        training={
+            **{k: meta.get(k) for k in ("config", "seed", "data_sha256", "versions", "hardware")},
+            **{k: meta[k] for k in ("init", "averaged") if k in meta},  # where the weights began
+        },
         dev_documents=tuple(meta.get("dev_documents", ())),
         parity_max_abs_fp32=parity,
         transitions=model.crf.transitions() if model.crf is not None else None,
