@@ -144,9 +144,11 @@ def test_confident_entities_are_a_subset(corpus_dir: Path) -> None:
     text = read_corpus(corpus_dir / "train_part_2")[0].text[:1500]
     every = {e.span for e in pipe.extract("d", text, relations=False).entities}
     own = pipe.decoding
-    pipe.decoding = replace(own, min_entity_prob=0.9)
+    # Bars inside the shipped model's range: its entity model, half a CRF's, spreads its tag probabilities
+    # below 0.9 (its transitions carry part of each decision).
+    pipe.decoding = replace(own, min_entity_prob=0.6)
     confident = {e.span for e in pipe.extract("d", text, relations=False).entities}
-    pipe.decoding = replace(own, min_entity_prob=0.99)
+    pipe.decoding = replace(own, min_entity_prob=0.8)
     surest = {e.span for e in pipe.extract("d", text, relations=False).entities}
     assert len(every) > len(confident) > len(surest) and surest <= confident <= every
     with pytest.raises(ValueError, match=r"min_entity_prob is 1\.01"):  # a probability: at most 1

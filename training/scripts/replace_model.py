@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import shutil
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app.bundle import check_bundle
@@ -48,7 +49,8 @@ def replace_model(target: Path, donor: Path, model: str, out: Path) -> Path:
     decoding = into.decoding
     if model == "ner" and "gate" not in info.outputs:
         decoding = dataclasses.replace(decoding, copy_gate=0.0)
-    manifest = dataclasses.replace(into, models=models, decoding=decoding, dev_metrics=None)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest = dataclasses.replace(into, models=models, decoding=decoding, dev_metrics=None, created=created)
     write_manifest(out, manifest)
     problems = check_bundle(out)
     if problems:
