@@ -20,7 +20,8 @@ class TrainConfig:
     encoder: str = "encoders/e5-small-ru"  # any Hugging Face encoder name or local directory
     # Start from a trained tagger instead of a fresh head on `encoder`: a checkpoint directory (`runs/X/best`)
     # or a model bundle, whose model of this task is rebuilt in torch (training/from_onnx.py). For further
-    # training of shipped weights (a longer schedule, another loss) and for students of a teacher.
+    # training of shipped weights (a longer schedule, another loss) and for students of a teacher. A CRF the
+    # model has is kept and trained on, whatever `crf` says; `crf = true` adds one to a model without.
     init: str = ""
     output: str = "runs/ner"
     seed: int = 13
