@@ -25,6 +25,7 @@ NUMBERS = {
     "relation_score_temperature": (0.01, 100.0),
     "relation_score_shift": (-10.0, 10.0),
     "copy_gate": (0.0, 1.0),
+    "min_relation_score": (0.0, 1.0),
 }
 WHOLE = {"copy_context": (0, 100_000)}
 FLAGS = ("join_negations",)
@@ -58,6 +59,8 @@ DEFAULTS: Mapping[int, Mapping[str, Any]] = MappingProxyType(
                 # Every entity's copy runs (the paper's way): gates came later.
                 "copy_gate": 0.0,
                 "copy_context": 0,
+                # Every relation decided is kept, whatever its score.
+                "min_relation_score": 0.0,
             }
         ),
     }
@@ -108,6 +111,13 @@ class Decoding:
     # The pieces of a relation copy around its marked entity (0: as many as the relation model takes). A
     # partner outside a copy's window is read from its own copy only.
     copy_context: int = _NOW["copy_context"]
+    # A relation is kept where its score reaches this bar; 0 keeps every relation decided. Its score is the
+    # chance that it is right as found: its pair decision's probability times its two entities' scores (all
+    # as mapped above; an entity given to `/relations` counts as certain), since end to end a relation is
+    # right only where both of its entities are. F1 is best where a decision is kept at a chance of about
+    # half the F1 reached; a bundle sets it from dev (training/scripts/decoding_ablation.py --relation-bars;
+    # models/default: 0.1, which changed no relation given gold entities).
+    min_relation_score: float = _NOW["min_relation_score"]
 
     def __post_init__(self) -> None:
         for key, choices in CHOICES.items():

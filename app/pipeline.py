@@ -157,6 +157,15 @@ def calibrated(score: float | None, temperature: float, shift: float) -> float |
     return float(1 / (1 + math.exp(-(math.log(p / (1 - p)) / temperature + shift))))
 
 
+def joint_score(score: float | None, first: WordSpan, second: WordSpan) -> float:
+    """The chance that a relation between `first` and `second` whose decision has `score` is right as
+    found: the three scores multiplied (a score missing, as for entities given rather than found, is 1)."""
+    joint = 1.0
+    for s in (score, first.score, second.score):
+        joint *= 1.0 if s is None else s
+    return joint
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
@@ -316,7 +325,15 @@ class Pipeline:
         else:
             decided = self._either(owners, logits, labels, spans, len(sentence_words))
         t, b = self.decoding.relation_score_temperature, self.decoding.relation_score_shift
-        return [[replace(r, score=calibrated(r.score, t, b)) for r in rels] for rels in decided]
+        # A relation's score takes in its entities': end to end it is right only where they are too.
+        kept = []
+        for rels, found in zip(decided, spans, strict=True):
+            scored = [
+                replace(r, score=joint_score(calibrated(r.score, t, b), found[r.arg1], found[r.arg2]))
+                for r in rels
+            ]
+            kept.append([r for r in scored if r.score >= self.decoding.min_relation_score])
+        return kept
 
     @staticmethod
     def _either(

@@ -58,8 +58,9 @@ class RelationOut(BaseModel):
         None,
         ge=0.0,
         le=1.0,
-        description="the probability of the pair decision that made the relation (both entities' marked "
-        "copies averaged); null where no model scored it",
+        description="the chance that the relation is right as found: the probability of the pair decision "
+        "that made it (both entities' marked copies averaged) times its two entities' scores (an entity "
+        "given in the request counts as certain); null where no model scored it",
     )
 
     @classmethod
@@ -76,7 +77,7 @@ class ModelInfo(BaseModel):
     relations: bool
     size_bytes: int
     # The decoding the bundle's dev figures were measured with (its manifest), which this service uses.
-    decoding: dict[str, str | float | bool] = {}
+    decoding: dict[str, str | bool | int | float] = {}
 
 
 class ExtractResponse(BaseModel):

@@ -198,6 +198,47 @@ def test_lower_none_weight_only_adds_relations(corpus_dir: Path) -> None:
     assert len(plain) > 5 and plain < weighted, (plain, weighted)
 
 
+@pytest.mark.skipif(
+    not (DEFAULT / "manifest.json").exists(), reason="models/default has not been exported yet"
+)
+def test_relation_scores_take_in_their_entities_and_the_bar_reads_them(corpus_dir: Path) -> None:
+    """A relation's score is its pair decision's probability times its two entities' scores (given entities
+    count as certain), and `min_relation_score` keeps the relations whose score reaches it, and only those."""
+    manifest = read_manifest(DEFAULT)
+    pipe = pipeline_for(DEFAULT, manifest, "cpu-default")
+    doc = read_corpus(corpus_dir / "train_part_2")[0]
+    text = doc.text[:6000]
+    entities = [e for e in doc.entities if e.end <= len(text)]
+
+    def found(**settings: float) -> tuple[dict, dict]:
+        pipe.decoding = replace(manifest.decoding, **settings)
+        out, given = pipe.extract("d", text), pipe.relations_for("d", text, entities)
+        by_id = out.entity_by_id()
+        end_to_end = {
+            k: (r.score, by_id[r.arg1].score, by_id[r.arg2].score)
+            for k, r in zip(relation_keys(out), out.relations, strict=True)
+        }
+        return end_to_end, {k: r.score for k, r in zip(relation_keys(given), given.relations, strict=True)}
+
+    every, given = found(min_relation_score=0.0)
+    assert len(every) > 5 and len(given) > 5
+    assert all(0 < r <= min(a, b) for r, a, b in every.values())
+    # Entity scores mapped otherwise (a score-only setting): the decisions stay, and each relation's score
+    # divided by its entities' is the same pair probability; relations between given entities do not move.
+    shift = manifest.decoding.entity_score_shift + 1
+    shifted, given_shifted = found(min_relation_score=0.0, entity_score_shift=shift)
+    assert shifted.keys() == every.keys() and given_shifted == given
+    for k, (r, a, b) in every.items():
+        r2, a2, b2 = shifted[k]
+        assert a2 > a and b2 > b and r2 / (a2 * b2) == pytest.approx(r / (a * b), rel=1e-6)
+    bar = sorted(r for r, _, _ in every.values())[len(every) // 2]
+    kept, given_kept = found(min_relation_score=bar)
+    assert 0 < len(kept) < len(every) and kept.keys() == {k for k, (r, _, _) in every.items() if r >= bar}
+    assert given_kept.keys() == {k for k, r in given.items() if r >= bar}
+    with pytest.raises(ValueError, match=r"min_relation_score is 2"):
+        replace(manifest.decoding, min_relation_score=2)
+
+
 def test_bundle_carries_its_decoding_to_every_pipeline(tiny_bundle: Path, tmp_path: Path) -> None:
     """The manifest's `decoding` is what the service, `bundle measure` and the benchmarks decode with, and
     `renersans bundle decoding --set` changes it, refusing a bad value with the bundle unchanged."""
@@ -248,4 +289,12 @@ def test_measure_records_its_figures_with_the_bundle_decoding(
     assert manifest.decoding.none_weight == 0.5
     assert manifest.dev_metrics is not None and manifest.dev_metrics.decoding == manifest.decoding
     assert manifest.dev_metrics.documents > 0 and "ner" in manifest.dev_metrics.by_variant["fp32"]
-    assert "(weight of 'no relation' 0.5)" in (bundle / "README.md").read_text()
+    card = (bundle / "README.md").read_text()
+    assert "(weight of 'no relation' 0.5)" in card
+    # Notes written under the generated card survive the figures being recorded again.
+    (bundle / "README.md").write_text(card + "\n## Why this model\n\nChosen by hand.\n")
+    assert main(["bundle", "decoding", str(bundle), "--set", "none_weight=0.6"]) == 0
+    assert main(args) == 0
+    card = (bundle / "README.md").read_text()
+    assert "(weight of 'no relation' 0.6)" in card
+    assert card.endswith("\n## Why this model\n\nChosen by hand.\n") and card.count("## Why") == 1

