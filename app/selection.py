@@ -18,7 +18,11 @@ class Selection(BaseModel):
         0.0, ge=0.0, le=1.0, description="keep entities whose score is at least this (0: all)"
     )
     min_relation_score: float = Field(
-        0.0, ge=0.0, le=1.0, description="keep relations whose score is at least this (0: all)"
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="keep relations whose score (which takes in their entities' scores) is at least this "
+        "(0: all the bundle keeps; its decoding's own min_relation_score applies first)",
     )
     entity_types: list[str] | None = Field(
         None, description=f"keep only these entity types (of {', '.join(ENTITY_TYPES)}); none: all"
