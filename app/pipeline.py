@@ -400,15 +400,12 @@ class Pipeline:
 
     def relations_for(self, name: str, text: str, entities: Sequence[Entity]) -> Document:
         """Track 2: relations between given entities. Sentences are joined around given entities that
-        razdel would split, and words cut at their boundaries, as for gold data."""
+        razdel would split, and words cut at their boundaries, as for gold data. Every copy runs: the copy
+        gate would need an entity-model pass of its own here, which costs more than the copies it skips
+        (BENCHMARKS.md, "Relations given entities")."""
         sentences = segment_around(text, entities)
         spans = _place(sentences, entities)
         words = _words(text, sentences)
-        if self.gated:  # the entity model's pass, for its gate head, over the sentences with copies to run
-            multi = [si for si, found in enumerate(spans) if len(found) >= 2]
-            gates = self._per_word([words[si] for si in multi], ("gate",))["gate"]
-            for si, logits in zip(multi, gates, strict=True):
-                spans[si] = self._gate(spans[si], logits)
         rels = self.tag_relations(words, spans)
         return decode_document(name, text, sentences, spans, rels)
 

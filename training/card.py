@@ -72,7 +72,7 @@ def card(manifest: Manifest, measured: dict, size: int) -> str:
         (
             f"- Relation copies: gated (`copy_gate` {dec.copy_gate:.4f}): an entity's copy runs only where the"
             " entity model's gate head gives it at least that probability of taking part in a relation"
-            ' (training/RESULTS.md, "Copy gate").'
+            ' (training/RESULTS.md, "Copy gate"); given entities run every copy.'
             if dec.copy_gate > 0
             else "- Relation copies: one per entity of a sentence with two or more, the paper's way."
         ),
