@@ -106,7 +106,8 @@ class Decoding:
     # An entity's relation copy runs only where the entity model's gate head gives it at least this
     # probability of taking part in a relation (`app.text.tags.relation_gate`); 0 runs every copy, the
     # paper's way. A bundle sets it with its gate (training/scripts/gate.py), chosen on dev to keep a share
-    # of the dev relations within reach of a copy (models/default: 99.8 %). It gates the entities found;
+    # of the dev relations within reach of a copy, or to hold end-to-end F1 (models/default: 0.30, 41 % of
+    # the dev copies skipped, training/RESULTS.md "The copy gate again"). It gates the entities found;
     # given entities (`/relations`) run every copy, since their gate would cost an entity-model pass.
     copy_gate: float = _NOW["copy_gate"]
     # The pieces of a relation copy around its marked entity (0: as many as the relation model takes). A
