@@ -250,9 +250,11 @@ class Pipeline:
             for a, b in windows(lengths, budget, min(self.overlap, budget // 4)):
                 inputs.append(tagger.pieces.encode(words[a:b], tagger.spec.max_pieces))
                 owners.append((si, a, b))
-        # Not kept apart by sentence even for a batch-dependent (int8) entity model, which runs only when
-        # forced: a sentence is one row, and one row a call made this stage 1.27x slower on a 2-core CPU.
-        outputs = run_heads(tagger, inputs, heads, self.batch_size, self.max_tokens, self.max_padding)
+        # A batch-dependent (int8) entity model runs each sentence's windows apart, as the relation copies
+        # are: a sentence's entities are then the same alone as inside any document (at 0.91x the speed of
+        # batching across it on a 2-core CPU, BENCHMARKS.md).
+        owner = [si for si, _, _ in owners]
+        outputs = run_heads(tagger, inputs, heads, self.batch_size, self.max_tokens, self.max_padding, owner)
         margins = [np.full(len(words), -1) for words in sentence_words]
         per_word = {
             head: [

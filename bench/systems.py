@@ -32,8 +32,8 @@ from app.text.subwords import context_window, mark
 SYSTEMS = ("paper", "torch", "ours")
 ROOT = Path(__file__).resolve().parents[1]
 # Ablations of ours' encoder batches: as before the padding cap (length-sorted, up to 32 rows); wide (up to
-# 128 rows, padding uncapped), which a GPU may prefer: fewer, larger calls; and mixed: an int8 relation
-# model's copies batched across the document, as before each sentence's were kept apart; 8192 pieces per
+# 128 rows, padding uncapped), which a GPU may prefer: fewer, larger calls; and mixed: int8 models' rows
+# batched across the document, as before each sentence's were kept apart; 8192 pieces per
 # encoder run, as before runs were bounded to 2048 for memory; every copy, the copy gate off.
 ABLATIONS = ("ours-uncapped", "ours-wide", "ours-mixed", "ours-8192", "ours-every-copy")
 
@@ -165,8 +165,10 @@ def build(
             pipe.max_padding = float("inf")
         if name == "ours-wide":
             pipe.batch_size = 128
-        if name == "ours-mixed" and pipe.re is not None:
-            pipe.re.batch_dependent = False
+        if name == "ours-mixed":  # int8 rows batched across the document, not one sentence at a time
+            for tagger in (pipe.ner, pipe.re):
+                if tagger is not None:
+                    tagger.batch_dependent = False
         if name == "ours-8192":
             pipe.max_tokens = 8192
         if name == "ours-every-copy":

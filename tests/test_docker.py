@@ -181,7 +181,7 @@ def test_runs_as_non_root_on_a_read_only_root(served: Container) -> None:
         assert write.returncode != 0, f"{path} is writable in the container"
         assert "Read-only file system" in write.stderr, write.stderr
     # The CPU's int8 was derived at build time: nothing had to be written at start.
-    assert docker("exec", served.name, "sh", "-c", "ls /var/cache/renersans").stdout.count(".onnx") >= 1
+    assert docker("exec", served.name, "sh", "-c", "ls /var/cache/renersans").stdout.count(".onnx") >= 2
 
 
 def test_ready_and_extract_answer_as_the_local_pipeline_does(served: Container) -> None:
@@ -195,14 +195,15 @@ def test_ready_and_extract_answer_as_the_local_pipeline_does(served: Container) 
     answer = r.json()
     assert answer["model"]["providers"] == {"ner": "CPUExecutionProvider", "re": "CPUExecutionProvider"}
     local = Extractor(Settings(_env_file=None, bundle=ROOT / "models" / "default", device="cpu"))
-    assert answer["model"]["variants"] == local.info()["variants"] == {"ner": "fp16", "re": "int8"}
+    assert answer["model"]["variants"] == local.info()["variants"] == {"ner": "int8", "re": "int8"}
     document = local.extract(SAMPLE, relations=True).document
     expected_entities = [
-        {"id": e.id, "type": e.type, "start": e.start, "end": e.end, "text": e.text}
+        {"id": e.id, "type": e.type, "start": e.start, "end": e.end, "text": e.text, "score": e.score}
         for e in document.entities
     ]
     expected_relations = [
-        {"id": r.id, "type": r.type, "arg1": r.arg1, "arg2": r.arg2} for r in document.relations
+        {"id": r.id, "type": r.type, "arg1": r.arg1, "arg2": r.arg2, "score": r.score}
+        for r in document.relations
     ]
     assert expected_entities, "the default model found no entity in the sample"
     versions = docker(
