@@ -11,6 +11,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -109,10 +110,12 @@ def run_batched(
     max_tokens: int = 8192,
     max_padding: float = 0.1,
     sentences: Sequence[int] | None = None,
+    workers: int = 1,
 ) -> list[np.ndarray]:
     """Logits of `head` at each word's first piece, one array [words, labels] per input, batched by length.
-    For a batch-dependent tagger, `sentences` (each input's sentence) keeps each sentence's inputs apart."""
-    return run_heads(tagger, inputs, (head,), batch_size, max_tokens, max_padding, sentences)[head]
+    For a batch-dependent tagger, `sentences` (each input's sentence) keeps each sentence's inputs apart.
+    `workers`: batches run at once (see `run_heads`)."""
+    return run_heads(tagger, inputs, (head,), batch_size, max_tokens, max_padding, sentences, workers)[head]
 
 
 def run_heads(
@@ -123,20 +126,35 @@ def run_heads(
     max_tokens: int = 8192,
     max_padding: float = 0.1,
     sentences: Sequence[int] | None = None,
+    workers: int = 1,
 ) -> dict[str, list[np.ndarray]]:
-    """`run_batched` for several heads of one model run: per head, one array [words, labels] per input."""
+    """`run_batched` for several heads of one model run: per head, one array [words, labels] per input.
+
+    With `workers` > 1 that many batches run at once, from threads (ONNX Runtime releases the GIL while it
+    computes). On a CPU, single-threaded runs side by side use the cores better than one run split across
+    them, above all for the small one-sentence batches of an int8 model (BENCHMARKS.md). Each batch's rows
+    are the same either way, so are the answers."""
     sizes = [len(p.ids) for p in inputs]
     keys = sentences if tagger.batch_dependent else None
     order = sorted(range(len(inputs)), key=lambda i: (keys[i] if keys else 0, sizes[i]))
-    out: dict[str, list[np.ndarray]] = {head: [np.empty(0)] * len(inputs) for head in heads}
-    for group in _batches(order, sizes, batch_size, max_tokens, max_padding, keys):
+    groups = _batches(order, sizes, batch_size, max_tokens, max_padding, keys)
+
+    def run(group: list[int]) -> dict[str, np.ndarray]:
         width = max(sizes[i] for i in group)
         ids = np.full((len(group), width), tagger.spec.pad_id, dtype=np.int64)
         mask = np.zeros((len(group), width), dtype=np.int64)
         for row, i in enumerate(group):
             ids[row, : sizes[i]] = inputs[i].ids
             mask[row, : sizes[i]] = 1
-        logits = tagger.run(ids, mask)
+        return tagger.run(ids, mask)
+
+    if workers > 1 and len(groups) > 1:
+        with ThreadPoolExecutor(min(workers, len(groups))) as pool:
+            results = list(pool.map(run, groups))
+    else:
+        results = [run(group) for group in groups]
+    out: dict[str, list[np.ndarray]] = {head: [np.empty(0)] * len(inputs) for head in heads}
+    for group, logits in zip(groups, results, strict=True):
         for head in heads:
             for row, i in enumerate(group):
                 out[head][i] = logits[head][row, inputs[i].first]
@@ -182,6 +200,8 @@ class Pipeline:
     max_padding: float = 0.1
     # Pieces of context shared by consecutive windows of a sentence too long for the model.
     overlap: int = 64
+    # Encoder batches run at once (`run_heads`); the service sets one per core on a CPU.
+    workers: int = 1
     # How logits become entities and relations: a bundle's own (its manifest's), or this version's defaults.
     decoding: Decoding = field(default_factory=Decoding)
     # Relations a pair of entity types may hold, (Arg1 type, relation, Arg2 type); empty allows all. Those
@@ -254,7 +274,9 @@ class Pipeline:
         # are: a sentence's entities are then the same alone as inside any document (at 0.91x the speed of
         # batching across it on a 2-core CPU, BENCHMARKS.md).
         owner = [si for si, _, _ in owners]
-        outputs = run_heads(tagger, inputs, heads, self.batch_size, self.max_tokens, self.max_padding, owner)
+        outputs = run_heads(
+            tagger, inputs, heads, self.batch_size, self.max_tokens, self.max_padding, owner, self.workers
+        )
         margins = [np.full(len(words), -1) for words in sentence_words]
         per_word = {
             head: [
@@ -308,6 +330,7 @@ class Pipeline:
             self.max_tokens,
             self.max_padding,
             sentences=[o[0] for o in owners],
+            workers=self.workers,
         )
         labels = tagger.spec.labels["relation"]
         if self.decoding.pairs == "pair":

@@ -68,7 +68,15 @@ class Settings(BaseSettings):
         0.0, ge=0, description="merge concurrent requests' encoder rows, waiting up to this long (0: off)"
     )
     batch_max_rows: int = Field(64, gt=0, description="rows per merged batch when batch_wait_ms > 0")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core)")
+    threads: int = Field(
+        0, ge=0, description="cores for ONNX Runtime, shared by the encoder runs in flight (0: one per core)"
+    )
+    encoder_runs: int = Field(
+        0,
+        ge=0,
+        description="encoder batches one request runs at once, each on threads / encoder_runs ONNX Runtime "
+        "threads (0: one per core on a CPU, 1 on CUDA)",
+    )
     api_key: str = Field("", description="when set, requests need the header X-API-Key with this value")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated origins allowed by CORS (empty: none)"

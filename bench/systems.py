@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Ablations of ours' encoder batches: as before the padding cap (length-sorted, up to 32 rows); wide (up to
 # 128 rows, padding uncapped), which a GPU may prefer: fewer, larger calls; and mixed: int8 models' rows
 # batched across the document, as before each sentence's were kept apart; 8192 pieces per
-# encoder run, as before runs were bounded to 2048 for memory; every copy, the copy gate off.
-ABLATIONS = ("ours-uncapped", "ours-wide", "ours-mixed", "ours-8192", "ours-every-copy")
+# encoder run, as before runs were bounded to 2048 for memory; every copy, the copy gate off; serial: one
+# encoder batch at a time on every core's thread, as before batches ran side by side.
+ABLATIONS = ("ours-uncapped", "ours-wide", "ours-mixed", "ours-8192", "ours-every-copy", "ours-serial")
 
 
 @dataclass
@@ -157,8 +158,11 @@ def build(
         from app.service import Extractor
         from app.settings import Settings
 
+        runs = 1 if name == "ours-serial" else 0
         extractor = Extractor(
-            Settings(bundle=bundle, variant=variant, device=device, batch_wait_ms=batch_wait_ms)
+            Settings(
+                bundle=bundle, variant=variant, device=device, batch_wait_ms=batch_wait_ms, encoder_runs=runs
+            )
         )
         pipe = extractor.pipeline
         if name in ("ours-uncapped", "ours-wide"):
