@@ -8,6 +8,7 @@ sessions through it, so dev figures and served output come from one implementati
 from __future__ import annotations
 
 import bisect
+import contextvars
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -149,8 +150,11 @@ def run_heads(
         return tagger.run(ids, mask)
 
     if workers > 1 and len(groups) > 1:
+        # Each batch runs in a copy of the caller's context: what is set for the request (a fault to inject,
+        # app/faults.py) reaches its batches and no other request's.
         with ThreadPoolExecutor(min(workers, len(groups))) as pool:
-            results = list(pool.map(run, groups))
+            futures = [pool.submit(contextvars.copy_context().run, run, group) for group in groups]
+            results = [f.result() for f in futures]
     else:
         results = [run(group) for group in groups]
     out: dict[str, list[np.ndarray]] = {head: [np.empty(0)] * len(inputs) for head in heads}
