@@ -47,7 +47,7 @@ class Extractor:
             name: choose(self.manifest, name, settings.variant, settings.device) for name in models
         }
         # On a CPU, one single-threaded run per core side by side beats one run split across the cores:
-        # 1.36x on 2 cores with the same answers (BENCHMARKS.md, "Encoder runs side by side").
+        # 1.08-1.18x on 2 cores with the same answers (BENCHMARKS.md, "Encoder runs side by side").
         cuda = any(c.providers[0] == CUDA for c in self.choices.values())
         cores = settings.threads or os.cpu_count() or 1
         self.encoder_runs = settings.encoder_runs or (1 if cuda else cores)
