@@ -18,7 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from app import faults
-from app.derive import METHODS, SMOOTHED, cached_variant, default_cache_dir
+from app.derive import CALIBRATED, METHODS, cached_variant, default_cache_dir
 from app.errors import BundleError
 from app.manifest import MANIFEST, Derivation, Manifest, ModelInfo, Variant, read_manifest, sha256
 from app.pipeline import Tagger, TaggerSpec
@@ -115,7 +115,7 @@ def _derived_problems(
             f"{where}: variant {name!r}: unknown derivation {spec.method!r}; this version knows "
             f"{list(METHODS)}: upgrade the service or force another variant (RENERSANS_VARIANT)"
         ]
-    if spec.method in SMOOTHED or spec.calibration:
+    if spec.method in CALIBRATED or spec.calibration:
         path = root / (spec.calibration or "")
         if not spec.calibration or not path.is_file():
             return [f"{where}: variant {name!r} needs the calibration file {path}, missing: restore it"]

@@ -15,7 +15,14 @@ one implementation for the exporter and the host). Three methods:
   fastest variant but loses more dev F1 than a shipped variant may, so it is opt-in.
 - `int8-smooth-ffn`: SmoothQuant on the second feed-forward projections only, the products `int8-dynamic`
   keeps in fp32, and then every encoder product in int8. The default bundle's relation model derives its
-  int8 so: faster than its `int8-dynamic` and as accurate. The figures of all three: training/RESULTS.md.
+  int8 so: faster than its `int8-dynamic` and as accurate.
+- `int8-ffn-outliers`: the second feed-forward projections split by input channel (`split_outliers`): the
+  channel with the widest recorded range (one GELU output, 12 to 70 where the others stay under 7) is
+  multiplied in fp32 apart, the rest in int8, so the outlier no longer sets the int8 scale of its tensor.
+  Exact in fp32, like smoothing, but it leaves the other channels' values as they are. Every encoder product
+  is then int8 but the outliers'. The default bundle's entity model derives its int8 so.
+
+The figures of each: training/RESULTS.md.
 
 The result is cached under a key of the source file's checksum, the method (and calibration) and ONNX
 Runtime's version, so later starts load it directly; `renersans bundle derive` makes it ahead of time (the
@@ -42,8 +49,13 @@ from app.manifest import Derivation, Manifest, ModelInfo, Variant, read_manifest
 
 log = logging.getLogger(__name__)
 
-METHODS = ("int8-dynamic", "int8-smooth", "int8-smooth-ffn")
-SMOOTHED = ("int8-smooth", "int8-smooth-ffn")  # the methods that read a calibration file
+METHODS = ("int8-dynamic", "int8-smooth", "int8-smooth-ffn", "int8-ffn-outliers")
+SMOOTHED = ("int8-smooth", "int8-smooth-ffn")
+CALIBRATED = (*SMOOTHED, "int8-ffn-outliers")  # the methods that read a calibration file
+# Input channels of each second feed-forward projection kept in fp32 by `int8-ffn-outliers`: in every layer of
+# the default entity model one GELU output's range stands far above the rest (training/RESULTS.md).
+OUTLIER_CHANNELS = 1
+OUTLIERS = "/outliers"  # the name's suffix of the fp32 product over those channels
 # SmoothQuant's migration strength: the share of an input channel's range moved into the weights. The value
 # whose int8 logits came closest to fp32's on relation and entity batches of training and dev documents, of
 # 0.5 to 0.95 (training/RESULTS.md).
@@ -70,8 +82,9 @@ def default_cache_dir() -> Path:
 
 
 def quantization_exclusions(graph: Any, smoothed: bool = False) -> list[str]:
-    """MatMul nodes left in fp32 by the int8 variant: the tagging heads, and unless the graph is smoothed
-    each layer's second feed-forward projection.
+    """MatMul nodes left in fp32 by the int8 variant: the tagging heads, the outlier channels' products
+    (`split_outliers`), and unless the graph is smoothed (or split) each layer's second feed-forward
+    projection.
 
     Dynamic quantization gives activations one int8 scale per tensor, and the GELU outputs feeding the
     second projection have the widest range in the layer: keeping them in fp32 is what brings the NER
@@ -82,7 +95,11 @@ def quantization_exclusions(graph: Any, smoothed: bool = False) -> list[str]:
         n.name
         for n in graph.node
         if n.op_type == "MatMul"
-        and (not n.name.startswith("/model/encoder/") or (not smoothed and second_projection(n)))
+        and (
+            not n.name.startswith("/model/encoder/")
+            or n.name.endswith(OUTLIERS)
+            or (not smoothed and second_projection(n))
+        )
     ]
 
 
@@ -177,6 +194,51 @@ def smooth(model: Any, maxima: dict[str, np.ndarray], alpha: float = SMOOTH_ALPH
     return model
 
 
+def split_outliers(model: Any, maxima: dict[str, np.ndarray], count: int = OUTLIER_CHANNELS) -> Any:
+    """In place on an fp32 graph: each second feed-forward projection `x @ w` with recorded maxima becomes
+    `(x * keep) @ w_rest + x[..., top] @ w[top]`, `top` its `count` input channels of widest range, `keep`
+    zero there and one elsewhere, `w_rest` the weight with those rows zeroed. In exact arithmetic the output
+    does not change; the first product, quantized, gets a scale set by the other channels, and the second
+    (named with `OUTLIERS`) stays in fp32."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        tensor = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if tensor is None or not second_projection(node) or node.input[0] not in maxima:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(tensor)
+        top = np.sort(np.argsort(-maxima[node.input[0]])[:count]).astype(np.int64)
+        keep = np.ones(w.shape[0], np.float32)
+        keep[top] = 0
+        rest = w.copy()
+        rest[top] = 0
+        tensor.CopyFrom(numpy_helper.from_array(rest, tensor.name))
+        p = node.name
+        w_top = f"{p}{OUTLIERS}/weight"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(keep, f"{p}/keep"),
+                numpy_helper.from_array(top, f"{p}/top"),
+                numpy_helper.from_array(w[top], w_top),
+            ]
+        )
+        x, out = node.input[0], node.output[0]
+        nodes += [
+            helper.make_node("Mul", [x, f"{p}/keep"], [f"{p}/rest"], f"{p}/rest"),
+            helper.make_node("MatMul", [f"{p}/rest", node.input[1]], [f"{p}/rest/output"], p),
+            helper.make_node("Gather", [x, f"{p}/top"], [f"{p}/top/output"], f"{p}/top", axis=-1),
+            helper.make_node("MatMul", [f"{p}/top/output", w_top], [f"{p}{OUTLIERS}/output"], p + OUTLIERS),
+            helper.make_node("Add", [f"{p}/rest/output", f"{p}{OUTLIERS}/output"], [out], f"{p}/sum"),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, smoothed: bool = False) -> None:
     """Dynamic int8 quantization of an fp32 graph (optimized or not), per channel, with the exclusions."""
     import onnx
@@ -251,8 +313,8 @@ def derive(
 
     if method not in METHODS:
         raise BundleError(f"unknown derivation {method!r}; this version knows {list(METHODS)}")
-    smoothed = method in SMOOTHED
-    if smoothed and (calibration is None or not Path(calibration).is_file()):
+    calibrated = method in CALIBRATED
+    if calibrated and (calibration is None or not Path(calibration).is_file()):
         raise BundleError(
             f"{source}: {method} needs the calibration file {calibration}; restore the bundle, or make one "
             "with `renersans bundle calibrate`"
@@ -260,15 +322,19 @@ def derive(
     with tempfile.TemporaryDirectory() as tmp:
         wide = Path(tmp) / "model.fp32.onnx"
         model = widen_to_fp32(onnx.load(str(source)))
-        if smoothed:
+        if calibrated:
             with np.load(calibration) as stored:
                 maxima = {name: stored[name].astype(np.float32) for name in stored.files}
-            if method == "int8-smooth-ffn":
+            if method in ("int8-smooth-ffn", "int8-ffn-outliers"):
                 ffn = {n.input[0] for n in smoothing_targets(model.graph) if second_projection(n)}
                 maxima = {name: m for name, m in maxima.items() if name in ffn}
-            smooth(model, maxima, alpha)
+            if method == "int8-ffn-outliers":
+                split_outliers(model, maxima)
+            else:
+                smooth(model, maxima, alpha)
         onnx.save(model, str(wide))
-        quantize_int8(wide, out_path, smoothed)
+        # Smoothed or split, every encoder product but the outliers' is quantized.
+        quantize_int8(wide, out_path, calibrated)
 
 
 PARTIAL = ".part"  # a derived file being written

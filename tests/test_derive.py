@@ -16,7 +16,16 @@ from onnxruntime.transformers.float16 import convert_np_to_float16
 
 from app.bundle import check_bundle, choose, variant_file
 from app.cli import main
-from app.derive import activation_maxima, quantization_exclusions, smooth, smoothing_targets, widen_to_fp32
+from app.derive import (
+    OUTLIERS,
+    activation_maxima,
+    quantization_exclusions,
+    second_projection,
+    smooth,
+    smoothing_targets,
+    split_outliers,
+    widen_to_fp32,
+)
 from app.errors import BundleError
 from app.manifest import MANIFEST, Derivation, Manifest, read_manifest, write_manifest
 from app.metric import evaluate, relation_keys
@@ -225,6 +234,55 @@ def test_smoothing_the_feed_forward_projections_alone(
         main([*args, "--method", "int8-dynamic"])
 
 
+def test_outlier_channels_are_split_off_exactly_and_kept_in_fp32(
+    tiny_checkpoints: tuple[Path, Path, Path],
+    tiny_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    corpus = tiny_checkpoints[0]
+    feed = sample_batch(tiny_bundle, corpus)
+    valid = feed["attention_mask"].astype(bool)
+    optimized = tiny_bundle / "ner" / "model.optimized.onnx"
+    model = onnx.load(str(optimized))
+    maxima = activation_maxima(model, [(feed["input_ids"], feed["attention_mask"])])
+    projections = {n.name: n.input[0] for n in model.graph.node if second_projection(n)}
+    split = split_outliers(model, maxima, count=2)
+    # In fp32 the split product is the same product.
+    session = ort.InferenceSession(split.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = logits(optimized, feed)
+    np.testing.assert_allclose(session.run(None, feed)[0][valid], expected[valid], atol=1e-4)
+    # One fp32 product per projection, over its two widest channels, which the rest no longer reads.
+    weights = {t.name: numpy_helper.to_array(t) for t in split.graph.initializer}
+    outliers = {n.name.removesuffix(OUTLIERS): n for n in split.graph.node if n.name.endswith(OUTLIERS)}
+    assert sorted(outliers) == sorted(projections) and projections
+    for name, read in projections.items():
+        widest = np.argsort(-maxima[read])[:2]
+        assert sorted(weights[f"{name}/top"]) == sorted(widest)
+        assert weights[outliers[name].input[1]].shape[0] == 2
+        keep = weights[f"{name}/keep"]
+        assert (keep[widest] == 0).all() and keep.sum() == len(keep) - 2
+
+    # Through the CLI: the entity model's int8 then quantizes every encoder product but the outliers'.
+    cache = tmp_path / "cache"
+    bundle = fp16_only(tiny_bundle, tmp_path / "shipped", cache)
+    args = ["bundle", "calibrate", str(bundle), "--corpus", str(corpus), "--documents", "2"]
+    assert main([*args, "--method", "int8-ffn-outliers", "--models", "ner"]) == 0
+    assert "int8 now derives by int8-ffn-outliers" in capsys.readouterr().out
+    manifest = read_manifest(bundle)
+    assert check_bundle(bundle) == []
+    spec = derivation(manifest, "ner")
+    assert spec.method == "int8-ffn-outliers" and spec.alpha is None, "no smoothing strength to record"
+    int8 = variant_file(bundle, manifest, "ner", "int8", cache)
+    graph = onnx.load(str(int8)).graph
+    fp32 = [n.name for n in graph.node if n.op_type == "MatMul"]
+    assert fp32 == quantization_exclusions(graph, True)
+    assert sorted(n for n in fp32 if n.endswith(OUTLIERS)) == sorted(f"{p}{OUTLIERS}" for p in projections)
+    assert not any(second_projection(n) for n in graph.node if n.op_type == "MatMul"), "the rest is int8"
+    ours, reference = logits(int8, feed)[valid], logits(tiny_bundle / "ner" / "model.fp32.onnx", feed)[valid]
+    assert (ours.argmax(-1) == reference.argmax(-1)).mean() > 0.95
+
+
 def test_calibration_file_is_checked(
     tiny_checkpoints: tuple[Path, Path, Path], tiny_bundle: Path, tmp_path: Path
 ) -> None:
@@ -366,8 +424,9 @@ def test_default_bundle_derives_int8_relations_for_the_cpu(corpus_dir: Path) -> 
     manifest = read_manifest(DEFAULT)
     assert choose(manifest, "ner", device="cpu").variant == "int8"
     assert choose(manifest, "re", device="cpu").variant == "int8"
-    # The entity model's is the plain dynamic int8 (its feed-forward smoothed lost 0.006 end to end).
-    assert derivation(manifest, "ner").method == "int8-dynamic"
+    # The entity model's keeps each second feed-forward projection's outlier channel in fp32 (smoothing
+    # that projection instead lost 0.006 end to end).
+    assert derivation(manifest, "ner").method == "int8-ffn-outliers"
     # Its relation int8 smooths the feed-forward projections first, from the maxima the bundle ships.
     assert derivation(manifest, "re").method == "int8-smooth-ffn"
     assert check_bundle(DEFAULT, load_sessions=False) == []

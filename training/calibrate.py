@@ -1,6 +1,6 @@
 """Calibrate a bundle's int8 derivation: activation maxima recorded on training documents, shipped beside the
-fp16 files, from which the serving host smooths each model before quantizing it (`int8-smooth` or
-`int8-smooth-ffn`, app/derive.py).
+fp16 files, from which the serving host smooths each model, or splits off its outlier channels, before
+quantizing it (`int8-smooth`, `int8-smooth-ffn`, `int8-ffn-outliers`, app/derive.py).
 
 The batches are the pipeline's own: sentences for the entity model, one marked copy per gold entity for the
 relation model (track 2's path), batched as the service batches them. Only documents outside the bundle's
@@ -18,7 +18,15 @@ import numpy as np
 from tqdm import tqdm
 
 from app.bundle import CPU, Choice, onnx_tagger
-from app.derive import CALIBRATION_FILE, SMOOTH_ALPHA, SMOOTHED, ActivationProbe, declare, widen_to_fp32
+from app.derive import (
+    CALIBRATED,
+    CALIBRATION_FILE,
+    SMOOTH_ALPHA,
+    SMOOTHED,
+    ActivationProbe,
+    declare,
+    widen_to_fp32,
+)
 from app.errors import BundleError, InputError
 from app.manifest import Derivation, Manifest, read_manifest, sha256, write_manifest
 from app.pipeline import Pipeline
@@ -66,10 +74,10 @@ def calibrate(
     models: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Record the maxima of `models` (default: all) into `<model>/calibration.npz` and declare their `int8`
-    derived by `method` (`int8-smooth` or `int8-smooth-ffn`) from them; the CPU default is left as it was.
-    Returns the files written."""
-    if method not in SMOOTHED:
-        raise InputError(f"calibration is for the smoothed derivations {list(SMOOTHED)}, not {method!r}")
+    derived by `method` (`int8-smooth`, `int8-smooth-ffn` or `int8-ffn-outliers`) from them; the CPU
+    default is left as it was. Returns the files written."""
+    if method not in CALIBRATED:
+        raise InputError(f"calibration is for the derivations {list(CALIBRATED)}, not {method!r}")
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     unknown = sorted(set(models or ()) - set(manifest.models))
@@ -93,7 +101,7 @@ def calibrate(
         derivation = Derivation(
             source=SOURCE,
             method=method,
-            alpha=SMOOTH_ALPHA,
+            alpha=SMOOTH_ALPHA if method in SMOOTHED else None,
             calibration=f"{model}/{CALIBRATION_FILE}",
             calibration_sha256=sha256(path),
             calibrated_on={"documents": len(docs), "seed": seed, "names": [d.name for d in docs]},

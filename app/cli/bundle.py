@@ -49,16 +49,17 @@ def _add_calibrate(actions: Commands) -> None:
         actions,
         "calibrate",
         calibrate,
-        "record activation maxima on training documents for a smoothed int8 (training install)",
+        "record activation maxima on training documents for a calibrated int8 (training install)",
     )
     p.add_argument("--corpus", type=Path, default=CORPUS, help="training documents (dev ones skipped)")
     p.add_argument("--documents", type=int, default=16, help="documents to record on")
     p.add_argument("--seed", type=int, default=13, help="which documents")
     p.add_argument(
         "--method",
-        choices=["int8-smooth", "int8-smooth-ffn"],
+        choices=["int8-smooth", "int8-smooth-ffn", "int8-ffn-outliers"],
         default="int8-smooth",
-        help="smooth every product, or only the second feed-forward projections (app/derive.py)",
+        help="smooth every product, or only the second feed-forward projections, or keep those projections' "
+        "outlier channels in fp32 (app/derive.py)",
     )
     p.add_argument("--models", help="comma-separated models to calibrate (default: all)")
 
