@@ -342,7 +342,7 @@ def derive(
 PARTIAL = ".part"  # a derived file being written
 # Names `cached_path` gives: model, variant, source checksum (and calibration), method, versions.
 CACHED_NAME = re.compile(
-    r"^(?P<model>\w+)\.(?P<variant>\w+)\.(?P<source>[0-9a-f]{16}(?:-[0-9a-f]{8}-a[\d.]+)?)"
+    r"^(?P<model>\w+)\.(?P<variant>\w+)\.(?P<source>[0-9a-f]{16}(?:-[0-9a-f]{8}(?:-a[\d.]+)?)?)"
     r"-(?P<method>int8-[a-z-]+?)-v(?P<version>\d+)-ort(?P<ort>.+)\.onnx$"
 )
 
@@ -369,7 +369,9 @@ def cached_path(root: Path, model: str, variant: str, info: ModelInfo, cache_dir
     calibration = root / spec.calibration if spec.calibration else None
     if calibration is not None and calibration.is_file():
         # New maxima are a new derivation: the key names them, so a stale file is never reused.
-        digest += f"-{sha256(calibration)[:8]}-a{_alpha(spec)}"
+        digest += f"-{sha256(calibration)[:8]}"
+        if spec.method in SMOOTHED:
+            digest += f"-a{_alpha(spec)}"
     key = f"{digest}-{spec.method}-v{DERIVE_VERSION}-ort{ort.__version__}"
     return Path(cache_dir) / f"{model}.{variant}.{key}.onnx"
 

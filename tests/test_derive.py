@@ -19,6 +19,7 @@ from app.cli import main
 from app.derive import (
     OUTLIERS,
     activation_maxima,
+    cache_entries,
     quantization_exclusions,
     second_projection,
     smooth,
@@ -274,6 +275,8 @@ def test_outlier_channels_are_split_off_exactly_and_kept_in_fp32(
     spec = derivation(manifest, "ner")
     assert spec.method == "int8-ffn-outliers" and spec.alpha is None, "no smoothing strength to record"
     int8 = variant_file(bundle, manifest, "ner", "int8", cache)
+    assert not re.search(r"-a[\d.]+$", int8.name.split("-int8-")[0]), "no smoothing strength in the key"
+    assert (int8, "current") in cache_entries(cache), "`renersans cache` knows the file"
     graph = onnx.load(str(int8)).graph
     fp32 = [n.name for n in graph.node if n.op_type == "MatMul"]
     assert fp32 == quantization_exclusions(graph, True)
