@@ -147,6 +147,10 @@ def make_session(path: Path, providers: list[str], threads: int = 0, cpu_arena: 
     # process. Without it each run's buffers go back to malloc, which under concurrent runs kept more than
     # the arena does (glibc: BENCHMARKS.md, "Memory"), so it stays on by default.
     options.enable_cpu_mem_arena = cpu_arena
+    # A memory pattern is traced and kept for every input shape a session sees, and sentence batches come in
+    # many shapes: on a CPU it kept 48 MB more at the soak's load for no speed (BENCHMARKS.md, "The outlier
+    # channel apart"). CUDA keeps it, not measured there.
+    options.enable_mem_pattern = providers[0] == CUDA
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
