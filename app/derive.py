@@ -19,10 +19,10 @@ one implementation for the exporter and the host). Four methods:
 - `int8-ffn-outliers`: the second feed-forward projections split by input channel (`split_outliers`): the
   channel with the widest recorded range (in 7 of the 12 layers one GELU output reaches 11 to 71 where the
   others stay under 7) is multiplied in fp32 apart, the rest in int8, so the outlier no longer sets the int8
-  scale of its tensor.
-  Exact in fp32, like smoothing, but it leaves the other channels' values as they are. Every encoder product
-  is then int8 but the outliers'. Both models of the default bundle derive their int8 so: on the entity
-  model, where smoothing lost 0.006 end to end, it is as accurate as fp16 and faster than `int8-dynamic`.
+  scale of its tensor. Exact in fp32, like smoothing, but it leaves the other channels' values as they are.
+  Every encoder product is then int8 but the outliers'. Both models of the default bundle derive their int8
+  so: on the entity model, where smoothing lost 0.006 end to end, it is as accurate as fp16 and faster than
+  `int8-dynamic`.
 
 The figures of each: training/RESULTS.md.
 
