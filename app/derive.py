@@ -83,10 +83,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "renersans"
 
 
-def quantization_exclusions(graph: Any, smoothed: bool = False) -> list[str]:
+def quantization_exclusions(graph: Any, calibrated: bool = False) -> list[str]:
     """MatMul nodes left in fp32 by the int8 variant: the tagging heads, the outlier channels' products
-    (`split_outliers`), and unless the graph is smoothed (or split) each layer's second feed-forward
-    projection.
+    (`split_outliers`), and unless the graph was prepared from calibration (smoothed or split) each layer's
+    second feed-forward projection.
 
     Dynamic quantization gives activations one int8 scale per tensor, and the GELU outputs feeding the
     second projection have the widest range in the layer: keeping them in fp32 is what brings the NER
@@ -100,7 +100,7 @@ def quantization_exclusions(graph: Any, smoothed: bool = False) -> list[str]:
         and (
             not n.name.startswith("/model/encoder/")
             or n.name.endswith(OUTLIERS)
-            or (not smoothed and second_projection(n))
+            or (not calibrated and second_projection(n))
         )
     ]
 
@@ -241,7 +241,7 @@ def split_outliers(model: Any, maxima: dict[str, np.ndarray], count: int = OUTLI
     return model
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, smoothed: bool = False) -> None:
+def quantize_int8(fp32_path: Path, out_path: Path, calibrated: bool = False) -> None:
     """Dynamic int8 quantization of an fp32 graph (optimized or not), per channel, with the exclusions."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -257,7 +257,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, smoothed: bool = False) -> No
             str(out_path),
             weight_type=QuantType.QInt8,
             per_channel=True,
-            nodes_to_exclude=quantization_exclusions(graph, smoothed),
+            nodes_to_exclude=quantization_exclusions(graph, calibrated),
             # The fused operators are outside ONNX's shape inference; their outputs are float32.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -303,7 +303,7 @@ def widen_to_fp32(model: Any) -> Any:
 def derive(
     source: Path, method: str, out_path: Path, calibration: Path | None = None, alpha: float = SMOOTH_ALPHA
 ) -> None:
-    """Make the derived variant `method` of the ONNX file `source` at `out_path` (the smoothed methods read
+    """Make the derived variant `method` of the ONNX file `source` at `out_path` (the calibrated methods read
     their activation maxima from `calibration`)."""
     try:
         import onnx
