@@ -240,7 +240,9 @@ def onnx_tagger(
         tokenizer = Tokenizer.from_file(str(tok_path))
     except Exception as exc:  # the tokenizers library raises plain Exceptions for corrupt files
         raise BundleError(f"{tok_path}: not a tokenizer.json ({str(exc)[:300]})") from exc
-    spec = TaggerSpec(dict(info.labels), info.max_pieces, info.typed_markers, info.pad_id, info.transitions)
+    spec = TaggerSpec(
+        dict(info.labels), info.max_pieces, info.typed_markers, info.pad_id, info.transitions, info.context
+    )
     bound = device == "cuda" if io_binding is None else io_binding
     # Dynamic int8 scales each product's input by the range of the whole batch (app/derive.py).
     dependent = info.variants[choice.variant].precision.startswith("int8")

@@ -45,6 +45,7 @@ MODEL_KEYS = (
     "dev_documents",
     "parity_max_abs_fp32",
     "transitions",
+    "context",
 )
 VARIANT_KEYS = ("file", "precision", "providers", "bytes", "sha256", "derive")
 DERIVE_KEYS = ("from", "method", "alpha", "calibration", "calibration_sha256", "calibrated_on")
@@ -92,6 +93,7 @@ class ModelInfo:
     dev_documents: tuple[str, ...] = ()  # the documents held out of its training
     parity_max_abs_fp32: float | None = None
     transitions: Transitions | None = None  # the entity head's CRF (app/text/tags.py), where it has one
+    context: int = 0  # pieces of neighbouring words read around each sentence (app/text/subwords.py)
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ def _model(data: Mapping[str, Any]) -> ModelInfo:
         dev_documents=tuple(data.get("dev_documents", ())),
         parity_max_abs_fp32=data.get("parity_max_abs_fp32"),
         transitions=_transitions(data, "transitions"),
+        context=data.get("context", 0),
     )
 
 
@@ -323,6 +326,8 @@ def _model_json(info: ModelInfo) -> dict[str, Any]:
         "parity_max_abs_fp32": info.parity_max_abs_fp32,
         # Written only where there is a CRF: bundles without one stay readable by versions before it.
         **({"transitions": info.transitions.as_json()} if info.transitions else {}),
+        # Likewise only where the model reads context: a bundle without it stays readable by older versions.
+        **({"context": info.context} if info.context else {}),
     }
 
 

@@ -21,7 +21,7 @@ from app.decoding import Decoding
 from app.text.brat import Document, Entity
 from app.text.encode import decode_document
 from app.text.segment import Sentence, segment
-from app.text.subwords import Pieces, WordPieces, context_window, mark, windows
+from app.text.subwords import Pieces, WordPieces, context_window, mark, tagging_inputs
 from app.text.tags import (
     Signature,
     Transitions,
@@ -58,6 +58,9 @@ class TaggerSpec:
     typed_markers: bool = False
     pad_id: int = 1
     transitions: Transitions | None = None  # the entity head's CRF, where it was trained with one
+    # Pieces of the document's neighbouring words the entity model reads on either side of each sentence
+    # (`tagging_inputs`): what it was trained with, 0 for a sentence alone.
+    context: int = 0
 
 
 @dataclass
@@ -219,14 +222,19 @@ class Pipeline:
             sentences = segment(text)
         return self.tag_entities(_words(text, sentences))
 
-    def tag_entities(self, sentence_words: Sequence[Sequence[str]]) -> list[list[WordSpan]]:
+    def tag_entities(
+        self, sentence_words: Sequence[Sequence[str]], documents: Sequence[int] | None = None
+    ) -> list[list[WordSpan]]:
         """Entity spans per sentence, each scored (`span_score`), all sentences in one batched pass: they
-        may come from several documents. Sentences longer than the model are cut into overlapping windows;
-        each word takes its label from the window where it has the most context on both sides."""
+        may come from several documents, `documents` giving each sentence's (consecutive sentences of one
+        document share a number; None: all one document). A model trained with context reads the
+        neighbouring sentences of the same document. Sentences longer than the model are cut into
+        overlapping windows; each word takes its label from the window where it has the most context on
+        both sides."""
         if self.ner is None:
             raise ValueError("this pipeline has no entity model; use relations_for() with given entities")
         heads = ("entity", "gate") if self.gated else ("entity",)
-        per_word = self._per_word(sentence_words, heads)
+        per_word = self._per_word(sentence_words, heads, documents)
         labels = self.ner.spec.labels["entity"]
         spans = []
         decoding = self.decoding
@@ -260,20 +268,24 @@ class Pipeline:
         return [replace(e, relates=relation_gate(e, logits, types)) for e in spans]
 
     def _per_word(
-        self, sentence_words: Sequence[Sequence[str]], heads: Sequence[str]
+        self,
+        sentence_words: Sequence[Sequence[str]],
+        heads: Sequence[str],
+        documents: Sequence[int] | None = None,
     ) -> dict[str, list[np.ndarray]]:
-        """The entity model's `heads` per word of each sentence, all sentences in one batched pass. Sentences
-        longer than the model are cut into overlapping windows; each word takes its outputs from the window
-        where it has the most context on both sides."""
+        """The entity model's `heads` per word of each sentence, all sentences in one batched pass (see
+        `tag_entities` for `documents`). Sentences longer than the model are cut into overlapping windows;
+        each word takes its outputs from the window where it has the most context on both sides."""
         tagger = self.ner
-        budget = tagger.spec.max_pieces - tagger.pieces.special
+        spec = tagger.spec
+        overlap = min(self.overlap, (spec.max_pieces - tagger.pieces.special) // 4)
         inputs: list[Pieces] = []
         owners: list[tuple[int, int, int]] = []  # (sentence, window start, window end)
-        for si, words in enumerate(sentence_words):
-            lengths = tagger.pieces.lengths(words)
-            for a, b in windows(lengths, budget, min(self.overlap, budget // 4)):
-                inputs.append(tagger.pieces.encode(words[a:b], tagger.spec.max_pieces))
-                owners.append((si, a, b))
+        for first, last in _runs(documents, len(sentence_words)):
+            doc = sentence_words[first:last]
+            for si, a, b, p in tagging_inputs(tagger.pieces, doc, spec.max_pieces, spec.context, overlap):
+                inputs.append(p)
+                owners.append((first + si, a, b))
         # A batch-dependent (int8) entity model runs each sentence's windows apart, as the relation copies
         # are: a sentence's entities are then the same alone as inside any document (at 0.91x the speed of
         # batching across it on a 2-core CPU, BENCHMARKS.md).
@@ -412,8 +424,9 @@ class Pipeline:
             for (_, text), sentences in zip(documents, per_doc, strict=True)
             for w in _words(text, sentences)
         ]
+        doc_of = [d for d, sentences in enumerate(per_doc) for _ in sentences]
         lap("segmentation")
-        spans = self.tag_entities(words) if words else []
+        spans = self.tag_entities(words, doc_of) if words else []
         lap("ner")
         use_re = relations and self.re is not None
         rels = self.tag_relations(words, spans) if use_re else [[] for _ in words]
@@ -447,6 +460,16 @@ def segment_around(text: str, entities: Sequence[Entity]) -> list[Sentence]:
         keep_together=[(e.start, e.end) for e in entities],
         cuts=[x for e in entities for x in (e.start, e.end)],
     )
+
+
+def _runs(documents: Sequence[int] | None, n: int) -> list[tuple[int, int]]:
+    """`[first, last)` of each run of consecutive sentences with one document number (None: one run)."""
+    if documents is None:
+        return [(0, n)] if n else []
+    if len(documents) != n:
+        raise ValueError(f"{len(documents)} document numbers for {n} sentences")
+    starts = [i for i in range(n) if i == 0 or documents[i] != documents[i - 1]]
+    return list(zip(starts, [*starts[1:], n], strict=True))
 
 
 def _words(text: str, sentences: Sequence[Sentence]) -> list[list[str]]:

@@ -142,7 +142,11 @@ def torch_pipeline(ner: Path, re: Path, device: str, bundle: Path) -> Pipeline:
     taggers = []
     for path in (ner, re):
         model, tokenizer, meta = load_tagger(path, device)
-        taggers.append(torch_tagger(model, tokenizer, meta["max_pieces"], meta.get("typed_markers", False)))
+        taggers.append(
+            torch_tagger(
+                model, tokenizer, meta["max_pieces"], meta.get("typed_markers", False), meta.get("context", 0)
+            )
+        )
     decoding = replace(read_manifest(bundle).decoding, copy_gate=0.0)
     # 8192 pieces per run, as the baselines were first measured (ours runs 1024 on a CPU, for memory).
     return Pipeline(ner=taggers[0], re=taggers[1], max_tokens=8192, decoding=decoding)

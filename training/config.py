@@ -48,6 +48,9 @@ class TrainConfig:
     crf_lr: float = 1e-2
     warmup: float = 0.1
     max_pieces: int = 256
+    # NER: pieces of the document's neighbouring words read on either side of each sentence, never labelled
+    # (app/text/subwords.py: tagging_inputs). The service reads the same context (the manifest's `context`).
+    context: int = 0
     patience: int = 2  # epochs without a better dev F1 before stopping
     checkpoint_every: int = 200  # optimizer steps between resumable checkpoints
     # Relation model only.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.text.encode import EncodedDocument
-from app.text.subwords import WordPieces, context_window, mark, windows
+from app.text.subwords import WordPieces, context_window, mark, tagging_inputs
 from app.text.tags import BIO_LABELS, NO_RELATION, RELATION_LABELS
 
 IGNORE = -100  # cross-entropy's ignore index: markers, padding and continuation pieces carry no label
@@ -44,16 +44,16 @@ BIO_ID = {t: i for i, t in enumerate(BIO_LABELS)}
 REL_ID = {t: i for i, t in enumerate(RELATION_LABELS)}
 
 
-def ner_examples(docs: Sequence[EncodedDocument], pieces: WordPieces, max_pieces: int) -> list[Example]:
-    """One example per sentence, or per window of a sentence longer than the model."""
-    budget = max_pieces - pieces.special
+def ner_examples(
+    docs: Sequence[EncodedDocument], pieces: WordPieces, max_pieces: int, context: int = 0
+) -> list[Example]:
+    """One example per sentence, or per window of a sentence longer than the model, with up to `context`
+    pieces of the document's neighbouring words on either side (read, not labelled)."""
     out = []
     for doc in docs:
-        for s in doc.sentences:
-            words = [doc.text[a:b] for a, b in s.sentence.words]
-            for a, b in windows(pieces.lengths(words), budget):
-                p = pieces.encode(words[a:b], max_pieces)
-                out.append(Example(p.ids, p.first, {"entity": [BIO_ID[t] for t in s.bio[a:b]]}))
+        sentences = [[doc.text[a:b] for a, b in s.sentence.words] for s in doc.sentences]
+        for si, a, b, p in tagging_inputs(pieces, sentences, max_pieces, context):
+            out.append(Example(p.ids, p.first, {"entity": [BIO_ID[t] for t in doc.sentences[si].bio[a:b]]}))
     return out
 
 

@@ -153,6 +153,7 @@ def export_model(
         tokenizer=f"{name}/tokenizer.json",
         labels={h: tuple(v) for h, v in model.labels.items()},
         max_pieces=meta["max_pieces"],
+        context=meta.get("context", 0),
         typed_markers=meta.get("typed_markers", False),
         marker_tokens=tuple(marker_tokens(meta.get("typed_markers", False))) if meta["task"] == "re" else (),
         pad_id=pad_id,

@@ -94,6 +94,7 @@ def checkpoint_from_bundle(bundle: Path, model: str, out: Path, variant: str | N
     meta = {
         "task": config.get("task", model),
         "max_pieces": info.max_pieces,
+        **({"context": info.context} if info.context else {}),
         "typed_markers": info.typed_markers,
         "dropout": config.get("dropout", 0.1),
         "encoder": info.encoder,

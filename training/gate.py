@@ -106,7 +106,11 @@ def hidden_tagger(bundle: Path, info: ModelInfo, variant: str = "fp16") -> Tagge
 
     tokenizer = Tokenizer.from_file(str(bundle / info.tokenizer))
     labels = {"hidden": tuple(str(k) for k in range(width))}
-    return Tagger(run, WordPieces(tokenizer), TaggerSpec(labels, info.max_pieces, pad_id=info.pad_id))
+    return Tagger(
+        run,
+        WordPieces(tokenizer),
+        TaggerSpec(labels, info.max_pieces, pad_id=info.pad_id, context=info.context),
+    )
 
 
 def examples(tagger: Tagger, documents: Sequence[Document], desc: str = "entities") -> Examples:
@@ -134,8 +138,10 @@ def examples(tagger: Tagger, documents: Sequence[Document], desc: str = "entitie
             for a in (r.arg1, r.arg2)
         }
         multi = [si for si in range(len(sentences)) if len(spans[si]) >= 2]
-        hidden = pipe._per_word([words[si] for si in multi], ("hidden",))["hidden"]
-        for si, h in zip(multi, hidden, strict=True):
+        # Every sentence runs, so that a model trained with context reads its neighbours as served.
+        hidden = pipe._per_word(words, ("hidden",))["hidden"]
+        for si in multi:
+            h = hidden[si]
             for span in spans[si]:
                 key = (sentences[si].words[span.first][0], sentences[si].words[span.last][1], span.type)
                 eid = by_span[key][0]

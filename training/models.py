@@ -142,7 +142,9 @@ def load_tagger(path: Path, device: str = "cpu") -> tuple[SequenceTagger, object
     return model.to(device).eval(), tokenizer, info
 
 
-def torch_tagger(model: SequenceTagger, tokenizer, max_pieces: int, typed_markers: bool = False) -> Tagger:
+def torch_tagger(
+    model: SequenceTagger, tokenizer, max_pieces: int, typed_markers: bool = False, context: int = 0
+) -> Tagger:
     """The pipeline's view of a torch model: the same code path the service runs on ONNX."""
     device = next(model.parameters()).device
 
@@ -153,5 +155,5 @@ def torch_tagger(model: SequenceTagger, tokenizer, max_pieces: int, typed_marker
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     transitions = model.crf.transitions() if model.crf is not None else None
-    spec = TaggerSpec(model.labels, max_pieces, typed_markers, pad, transitions)
+    spec = TaggerSpec(model.labels, max_pieces, typed_markers, pad, transitions, context)
     return Tagger(run, WordPieces(tokenizer.backend_tokenizer), spec)

@@ -107,7 +107,7 @@ def loss_of(model: SequenceTagger, batch: dict[str, torch.Tensor], weights: dict
 def dev_reports(config: TrainConfig, model: SequenceTagger, tokenizer, dev_gold) -> dict[str, Report]:
     """The dev figure that picks the checkpoint: NER F1, or relations-given-gold-entities F1."""
     model.eval()
-    tagger = torch_tagger(model, tokenizer, config.max_pieces, config.typed_markers)
+    tagger = torch_tagger(model, tokenizer, config.max_pieces, config.typed_markers, config.context)
     if config.task == "ner":
         reports = {"ner": evaluate_ner(Pipeline(ner=tagger), dev_gold)}
     else:
@@ -126,7 +126,7 @@ def end_to_end_report(config: TrainConfig, model: SequenceTagger, tokenizer, dev
         return None
     device = str(tagger_device(model))
     ner_model, ner_tok, ner_info = load_tagger(ner_dir, device)
-    ner = torch_tagger(ner_model, ner_tok, ner_info["max_pieces"])
+    ner = torch_tagger(ner_model, ner_tok, ner_info["max_pieces"], context=ner_info.get("context", 0))
     re = torch_tagger(model.eval(), tokenizer, config.max_pieces, config.typed_markers)
     return evaluate_end_to_end(Pipeline(ner=ner, re=re), dev_gold)
 
@@ -207,7 +207,7 @@ def train(config: TrainConfig) -> dict:
         model.to(device).train()
     pieces = WordPieces(tokenizer.backend_tokenizer)
     if config.task == "ner":
-        examples = ner_examples(train_docs, pieces, config.max_pieces)
+        examples = ner_examples(train_docs, pieces, config.max_pieces, config.context)
     else:
         examples = re_examples(
             train_docs,
@@ -253,6 +253,7 @@ def train(config: TrainConfig) -> dict:
     meta = {
         "task": config.task,
         "max_pieces": config.max_pieces,
+        **({"context": config.context} if config.context else {}),
         "typed_markers": config.typed_markers,
         "dropout": config.dropout,
         "encoder": config.encoder,

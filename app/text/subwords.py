@@ -130,3 +130,52 @@ def context_window(lengths: Sequence[int], first: int, last: int, budget: int) -
         else:
             used += lengths[end]
             end += 1
+
+
+def around(lengths: Sequence[int], start: int, end: int, context: int, budget: int) -> tuple[int, int]:
+    """The `[lo, hi)` word window that puts up to `context` pieces of whole words on each side of the centre
+    `[start, end)`, the nearest words first, all of it within `budget` pieces. The two sides get equal room:
+    a centre near the budget gets less context, one at or over it none."""
+    side = min(context, max(budget - sum(lengths[start:end]), 0) // 2)
+    lo, used = start, 0
+    while lo > 0 and used + lengths[lo - 1] <= side:
+        lo -= 1
+        used += lengths[lo]
+    hi, used = end, 0
+    while hi < len(lengths) and used + lengths[hi] <= side:
+        used += lengths[hi]
+        hi += 1
+    return lo, hi
+
+
+def tagging_inputs(
+    pieces: WordPieces,
+    sentences: Sequence[Sequence[str]],
+    max_pieces: int,
+    context: int = 0,
+    overlap: int = 0,
+) -> list[tuple[int, int, int, Pieces]]:
+    """The entity model's inputs for the sentences of one document, in order: each sentence cut into windows
+    of at most `max_pieces` (consecutive windows sharing about `overlap` pieces), each window with up to
+    `context` pieces of the document's neighbouring words on either side.
+
+    Returns `(sentence, window start, window end, pieces)`, where `pieces.first` holds the first piece of the
+    window's own words only: the context is read, never labelled. Training and the service both build their
+    inputs here, so a model reads at serving time exactly the context it was trained with."""
+    budget = max_pieces - pieces.special
+    stream = [w for words in sentences for w in words]
+    lengths = pieces.lengths(stream) if context else []
+    out = []
+    offset = 0
+    for si, words in enumerate(sentences):
+        own = lengths[offset : offset + len(words)] if context else pieces.lengths(words)
+        for a, b in windows(own, budget, overlap):
+            if context:
+                lo, hi = around(lengths, offset + a, offset + b, context, budget)
+                p = pieces.encode(stream[lo:hi], max_pieces)
+                p = Pieces(p.ids, p.first[offset + a - lo : offset + b - lo])
+            else:
+                p = pieces.encode(words[a:b], max_pieces)
+            out.append((si, a, b, p))
+        offset += len(words)
+    return out

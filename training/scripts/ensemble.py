@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     taggers = []
     for path in args.checkpoints:
         model, tokenizer, info = load_tagger(path)
-        taggers.append(torch_tagger(model, tokenizer, info["max_pieces"]))
+        taggers.append(torch_tagger(model, tokenizer, info["max_pieces"], context=info.get("context", 0)))
     results = {}
     for path, tagger in zip(args.checkpoints, taggers, strict=True):
         results[str(path)] = _scores(Pipeline(ner=tagger), dev)
