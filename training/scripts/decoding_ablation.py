@@ -53,7 +53,7 @@ def cached(run: Runner) -> Runner:
     return runner
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("corpus", type=Path)
@@ -68,7 +68,10 @@ def main() -> None:
         "--o-biases", default="", help="comma-separated O log-probability biases to try with viterbi/pair"
     )
     parser.add_argument(
-        "--none-weights", default="", help="comma-separated weights of 'no relation' to try with each bias"
+        "--none-weights",
+        default="",
+        help="comma-separated weights of 'no relation' to try with each bias, or with each relation bar "
+        "where --relation-bars is given",
     )
     parser.add_argument(
         "--signature-counts",
@@ -83,7 +86,7 @@ def main() -> None:
         "decoding; the best is also chosen on half the documents and scored on the other",
     )
     parser.add_argument("--skip-standard", action="store_true", help="only the biases, bars and counts above")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     manifest = read_manifest(args.bundle)
     gold, training = manifest.dev_split(read_corpus(args.corpus))
     # Signatures are counted on the training documents only, as an export would.
@@ -98,7 +101,8 @@ def main() -> None:
     settings = [(bio, pairs, 0.0, 0.0, 1.0, 0, None) for bio, pairs in decodings]
     settings += [("viterbi", "pair", t, 0.0, 1.0, 0, None) for t in floats(args.entity_probs)]
     grid = itertools.product(floats(args.o_biases) or [0.0], floats(args.none_weights) or [1.0])
-    if args.o_biases or args.none_weights:
+    # Weights given with relation bars are tried with the bars instead (below).
+    if args.o_biases or (args.none_weights and not args.relation_bars):
         settings += [("viterbi", "pair", 0.0, b, w, 0, None) for b, w in grid]
     # The signature rows use the bundle's own decoding (`base`), as the service would.
     own = base.decoding
@@ -106,10 +110,12 @@ def main() -> None:
         (own.bio, own.pairs, 0.0, own.o_bias, own.none_weight, int(c), None)
         for c in floats(args.signature_counts)
     ]
-    # The relation bars, too: the scores they read are mapped as the bundle maps them.
+    # The relation bars, too: the scores they read are mapped as the bundle maps them. With weights of 'no
+    # relation' given as well, every bar is tried at each weight (both decide how many relations are kept).
     bars = floats(args.relation_bars)
-    settings += [(own.bio, own.pairs, 0.0, own.o_bias, own.none_weight, 0, b) for b in bars]
-    by_bar: dict[float, dict[str, Document]] = {}
+    weights = (floats(args.none_weights) if bars else []) or [own.none_weight]
+    settings += [(own.bio, own.pairs, 0.0, own.o_bias, w, 0, b) for w in weights for b in bars]
+    by_bar: dict[tuple[float, float], dict[str, Document]] = {}
     for bio, pairs, min_prob, o_bias, none_weight, min_count, bar in settings:
         if bar is None:
             decoding = Decoding(
@@ -121,7 +127,7 @@ def main() -> None:
                 join_negations=own.join_negations,
             )
         else:
-            decoding = dataclasses.replace(own, min_relation_score=bar)
+            decoding = dataclasses.replace(own, min_relation_score=bar, none_weight=none_weight)
         pipe = Pipeline(
             ner=base.ner,
             re=base.re,
@@ -132,7 +138,7 @@ def main() -> None:
         predicted = {d.name: pipe.extract(d.name, d.text) for d in gold}
         given = {d.name: pipe.relations_for(d.name, d.text, d.entities) for d in gold}
         if bar is not None:
-            by_bar[bar] = predicted
+            by_bar[(none_weight, bar)] = predicted
         ner = evaluate(gold, predicted, "ner").micro
         re_gold = evaluate(gold, given, "re").micro
         e2e = evaluate(gold, predicted, "re").micro
@@ -168,9 +174,12 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=1))
 
 
-def two_fold(gold: Sequence[Document], by_bar: dict[float, dict[str, Document]]) -> dict[str, object]:
-    """End-to-end F1 of the relation bar chosen on the even dev documents and scored on the odd, and the other
-    way round, summed: what choosing the bar on dev is worth on documents it was not chosen on."""
+def two_fold(
+    gold: Sequence[Document], by_bar: dict[tuple[float, float], dict[str, Document]]
+) -> dict[str, object]:
+    """End-to-end F1 of the relation bar (and weight of 'no relation') chosen on the even dev documents and
+    scored on the odd, and the other way round, summed: what choosing them on dev is worth on documents they
+    were not chosen on."""
     halves = (list(gold[::2]), list(gold[1::2]))
     counts = Counts()
     chosen = []
