@@ -287,8 +287,9 @@ class Pipeline:
                 inputs.append(p)
                 owners.append((first + si, a, b))
         # A batch-dependent (int8) entity model runs each sentence's windows apart, as the relation copies
-        # are: a sentence's entities are then the same alone as inside any document (at 0.91x the speed of
-        # batching across it on a 2-core CPU, BENCHMARKS.md).
+        # are: a sentence's entities then depend on what it reads alone (its words, and its neighbours for a
+        # model trained with context), not on its batch mates (at 0.91x the speed of batching across the
+        # document on a 2-core CPU, BENCHMARKS.md).
         owner = [si for si, _, _ in owners]
         outputs = run_heads(
             tagger, inputs, heads, self.batch_size, self.max_tokens, self.max_padding, owner, self.workers

@@ -138,8 +138,10 @@ def examples(tagger: Tagger, documents: Sequence[Document], desc: str = "entitie
             for a in (r.arg1, r.arg2)
         }
         multi = [si for si in range(len(sentences)) if len(spans[si]) >= 2]
-        # Every sentence runs, so that a model trained with context reads its neighbours as served.
-        hidden = pipe._per_word(words, ("hidden",))["hidden"]
+        # A model trained with context reads every sentence's neighbours, as served; one without needs only
+        # the sentences whose entities are gated.
+        run = list(range(len(words))) if tagger.spec.context else multi
+        hidden = dict(zip(run, pipe._per_word([words[si] for si in run], ("hidden",))["hidden"], strict=True))
         for si in multi:
             h = hidden[si]
             for span in spans[si]:
