@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import tiny_corpus, tiny_encoder
+from tiny import tiny_ner_run
 from tokenizers import Tokenizer
 
 from app.bundle import choose, onnx_tagger
@@ -97,14 +97,7 @@ def test_training_examples_hold_the_same_labels_with_context(corpus_dir: Path, p
 @pytest.fixture(scope="module")
 def context_run(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(corpus slice, a tiny NER checkpoint trained reading 16 pieces on either side of each sentence)."""
-    root = tmp_path_factory.mktemp("context")
-    corpus = tiny_corpus(corpus_dir, root / "corpus")
-    encoder = tiny_encoder(corpus, root / "encoder")
-    out = root / "ner"
-    settings = [f"corpus={corpus}", f"encoder={encoder}", f"output={out}", "epochs=3", "batch_size=8"]
-    settings += ["lr=5e-3", "warmup=0", "patience=3", "dev_fraction=0.25", "context=16"]
-    assert main(["train", "ner", *[a for s in settings for a in ("--set", s)]]) == 0
-    return corpus, out
+    return tiny_ner_run(corpus_dir, tmp_path_factory.mktemp("context"), 3, "context=16")
 
 
 def test_a_context_model_trains_exports_and_serves_reading_its_neighbours(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_corpus, tiny_encoder
+from tiny import tiny_ner_run
 
 from app.bundle import choose, onnx_tagger
 from app.cli import main
@@ -105,14 +105,7 @@ def test_transitions_of_the_wrong_size_are_refused() -> None:
 @pytest.fixture(scope="module")
 def crf_run(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(corpus slice, a tiny NER checkpoint trained with a CRF)."""
-    root = tmp_path_factory.mktemp("crf")
-    corpus = tiny_corpus(corpus_dir, root / "corpus")
-    encoder = tiny_encoder(corpus, root / "encoder")
-    out = root / "ner"
-    settings = [f"corpus={corpus}", f"encoder={encoder}", f"output={out}", "epochs=8", "batch_size=8"]
-    settings += ["lr=5e-3", "warmup=0", "patience=8", "dev_fraction=0.25", "crf=true"]
-    assert main(["train", "ner", *[a for s in settings for a in ("--set", s)]]) == 0
-    return corpus, out
+    return tiny_ner_run(corpus_dir, tmp_path_factory.mktemp("crf"), 8, "crf=true")
 
 
 def export(checkpoint: Path, corpus: Path, bundle: Path) -> Path:

@@ -90,3 +90,17 @@ def tiny_models(corpus_dir: Path, root: Path) -> tuple[Path, Path, Path]:
         ]
         assert main(["train", task, *[a for s in settings for a in ("--set", s)]]) == 0
     return corpus, root / "ner" / "best", root / "re" / "best"
+
+
+def tiny_ner_run(corpus_dir: Path, root: Path, epochs: int, *extra: str) -> tuple[Path, Path]:
+    """A tiny corpus slice and a tiny NER checkpoint trained on it for `epochs` at a high learning rate,
+    with `extra` settings (`key=value`): the corpus and the run's output directory."""
+    from app.cli import main
+
+    corpus = tiny_corpus(corpus_dir, root / "corpus")
+    encoder = tiny_encoder(corpus, root / "encoder")
+    out = root / "ner"
+    settings = [f"corpus={corpus}", f"encoder={encoder}", f"output={out}", f"epochs={epochs}", "batch_size=8"]
+    settings += ["lr=5e-3", "warmup=0", f"patience={epochs}", "dev_fraction=0.25", *extra]
+    assert main(["train", "ner", *[a for s in settings for a in ("--set", s)]]) == 0
+    return corpus, out
